@@ -1,0 +1,1 @@
+//! The Linux shim: real sockets, files and processes around `tandem-core`.
