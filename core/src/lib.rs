@@ -5,7 +5,24 @@
 //! the caller), bytes arrive as slices, and everything the node wants done leaves as an
 //! [`Action`]. That is what lets `tandem-sim` drive the very same code deterministically.
 
+// rust-protobuf messages (raft-rs's eraftpb) are built by assigning fields to a default value.
+#![allow(clippy::field_reassign_with_default)]
+
 pub mod hex;
 pub mod ids;
 
 pub use ids::{ClusterId, NodeId, ParseClusterIdError};
+pub mod codec;
+pub mod command;
+pub mod lease;
+pub mod node;
+pub mod state;
+pub mod storage;
+pub mod timing;
+
+pub use command::{Command, NodeStatus, Reply, StatusReport};
+pub use node::{bootstrap, Action, NodeCore, Plan, ProposeError, RestoreError};
+pub use raft;
+pub use state::{Admin, ClusterState, NodeInfo, Role, StateChange};
+pub use storage::DurableState;
+pub use timing::Timing;

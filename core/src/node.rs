@@ -1,0 +1,799 @@
+//! `NodeCore`: one cluster member as a pure state machine (Raft, liveness, leases, state).
+//!
+//! Inputs: [`NodeCore::tick`] with `now`, [`NodeCore::receive`] with frame bytes,
+//! [`NodeCore::propose`] with a state change, [`NodeCore::persisted`] when the shim finished a
+//! [`Action::Persist`]. Outputs: [`Action`]s drained with [`NodeCore::take_actions`].
+//!
+//! Persistence is asynchronous, like io_uring: the node asks for a write with a number and keeps
+//! the Raft messages that depend on it (votes, append acks) until the completion arrives. That
+//! ordering is what makes a vote survive power loss, and the simulator checks it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, HardState,
+    Message as RaftMessage, Snapshot,
+};
+use raft::{RawNode, StateRole};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, Frame, FrameError, PeerMessage, Ping, Pong};
+use crate::command::{Command, NodeStatus, Reply, StatusReport};
+use crate::ids::{ClusterId, NodeId};
+use crate::lease::LeaseTracker;
+use crate::state::{
+    decode_state, encode_state, Admin, ApplyError, ClusterState, NodeInfo, Role, StateChange,
+    StateDecodeError,
+};
+use crate::storage::{DurableState, LogStore};
+use crate::timing::Timing;
+
+/// After a stall, do not replay more Raft ticks than this in one call.
+const MAX_TICKS_PER_CALL: u64 = 40;
+/// Bound on ready rounds handled per input (raft-rs converges in a few).
+const MAX_READY_ROUNDS: usize = 16;
+
+/// Something the shim (or the simulator) must do for the core.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Send frame bytes to a node.
+    Send { to: NodeId, bytes: Vec<u8> },
+    /// Make these durable (write + sync), in order, then call `persisted(number)`.
+    Persist {
+        number: u64,
+        hard_state: Option<HardState>,
+        entries: Vec<Entry>,
+        /// A snapshot from the leader: replaces every entry up to its index.
+        snapshot: Option<Snapshot>,
+    },
+    /// Durably store this snapshot of applied state, then drop log entries up to its index.
+    Compact { snapshot: Snapshot },
+    /// A committed entry was applied (for checkers and metrics).
+    Applied { index: u64, term: u64, digest: u64 },
+    /// A proposal made on this node was applied (or refused) by the cluster.
+    Completed {
+        request: u64,
+        outcome: Result<String, String>,
+    },
+    /// This node was removed from the cluster; the shim should stop it.
+    Removed,
+    /// Something an operator would want in the log.
+    Note { message: String },
+}
+
+/// Why a proposal was not accepted for replication.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("{0}")]
+    Invalid(#[from] ApplyError),
+    #[error("no leader is known (the cluster may have lost quorum); nothing was changed")]
+    NoLeader,
+    #[error("this node was removed from the cluster")]
+    Removed,
+    #[error("raft refused the proposal: {0}")]
+    Raft(String),
+}
+
+/// Why a node could not be restored from its durable state.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    State(#[from] StateDecodeError),
+    #[error("invalid timing: {0}")]
+    Timing(String),
+    #[error("raft could not start: {0}")]
+    Raft(String),
+}
+
+/// What a command needs done: an answer now, or a change replicated first.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    Answer(Reply),
+    Propose(StateChange),
+    /// Join tokens need randomness, which only the shim has.
+    MakeToken {
+        ttl_secs: u64,
+    },
+}
+
+/// A state change as it travels through the Raft log.
+#[derive(Serialize, Deserialize)]
+struct Proposal {
+    origin: NodeId,
+    request: u64,
+    change: StateChange,
+}
+
+/// A Ready whose persistence the shim has not confirmed, with the messages it holds back.
+struct PendingReady {
+    number: u64,
+    needs_disk: bool,
+    done: bool,
+    messages: Vec<RaftMessage>,
+}
+
+/// Deliberate rule-breaking switches for the simulator's mutation tests.
+#[cfg(feature = "mutations")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Mutations {
+    /// Grant the leader lease without a quorum and without the new-leader blackout.
+    pub lease_without_quorum: bool,
+    /// Send votes and append acks before they are durable.
+    pub send_before_persist: bool,
+}
+
+/// One cluster member.
+pub struct NodeCore {
+    id: NodeId,
+    cluster: ClusterId,
+    timing: Timing,
+    raw: RawNode<LogStore>,
+    state: ClusterState,
+    applied: u64,
+    removed: bool,
+    now: u64,
+    next_tick_at: u64,
+    next_ping_at: u64,
+    leases: LeaseTracker,
+    last_heard: BTreeMap<NodeId, u64>,
+    /// (lease remaining as reported, when we heard it) per peer.
+    peer_leases: BTreeMap<NodeId, (u64, u64)>,
+    pending: VecDeque<PendingReady>,
+    /// (role, term) at the end of the last step, to notice elections.
+    seen_role: (StateRole, u64),
+    /// Node ids handed to joins proposed here but not applied yet.
+    reserved_id: NodeId,
+    actions: Vec<Action>,
+    #[cfg(feature = "mutations")]
+    pub mutations: Mutations,
+}
+
+/// The durable state of a brand-new cluster founded by `first` (log index 1 is a snapshot).
+pub fn bootstrap(cluster: ClusterId, first: NodeInfo) -> DurableState {
+    let state = ClusterState::founded_by(cluster, first.clone());
+    let mut snapshot = Snapshot::default();
+    snapshot.data = encode_state(&state).into();
+    let meta = snapshot.mut_metadata();
+    meta.index = 1;
+    meta.term = 1;
+    meta.mut_conf_state().voters = vec![first.id];
+    let mut hard_state = HardState::default();
+    hard_state.term = 1;
+    hard_state.commit = 1;
+    DurableState {
+        hard_state,
+        snapshot,
+        entries: Vec::new(),
+    }
+}
+
+impl NodeCore {
+    /// Starts node `id` from what the shim persisted (an empty `DurableState` for a joiner).
+    pub fn restore(
+        cluster: ClusterId,
+        id: NodeId,
+        durable: DurableState,
+        timing: Timing,
+        now: u64,
+    ) -> Result<NodeCore, RestoreError> {
+        timing
+            .validate()
+            .map_err(|error| RestoreError::Timing(error.0))?;
+        let snapshot_index = durable.snapshot.get_metadata().index;
+        let state = if snapshot_index == 0 {
+            ClusterState::empty(cluster)
+        } else {
+            decode_state(&durable.snapshot.data, cluster)?
+        };
+        let config = raft::Config {
+            id,
+            election_tick: timing.election_ticks,
+            heartbeat_tick: timing.heartbeat_ticks,
+            applied: snapshot_index,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let store = LogStore::from_durable(durable);
+        let raw =
+            RawNode::new(&config, store, &logger).map_err(|e| RestoreError::Raft(e.to_string()))?;
+        Ok(NodeCore {
+            id,
+            cluster,
+            timing,
+            raw,
+            reserved_id: state.next_node_id,
+            state,
+            applied: snapshot_index,
+            removed: false,
+            now,
+            next_tick_at: now + timing.tick_ms,
+            next_ping_at: now,
+            leases: LeaseTracker::new(timing.lease_timeout_ms),
+            last_heard: BTreeMap::new(),
+            peer_leases: BTreeMap::new(),
+            pending: VecDeque::new(),
+            seen_role: (StateRole::Follower, 0),
+            actions: Vec::new(),
+            #[cfg(feature = "mutations")]
+            mutations: Mutations::default(),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn cluster(&self) -> ClusterId {
+        self.cluster
+    }
+
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        Some(self.raw.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Drains what the shim must do, in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Whether this node is the leader holding the quorum-confirmed leader lease.
+    pub fn holds_leader_lease(&self, now: u64) -> bool {
+        self.is_leader() && self.leases.holds_leader_lease(now, self.term())
+    }
+
+    /// Whether this node may act alone now (run services, write shared legs).
+    pub fn holds_node_lease(&self, now: u64) -> bool {
+        self.lease_remaining(now) > 0
+    }
+
+    fn lease_remaining(&self, now: u64) -> u64 {
+        if self.removed {
+            0
+        } else if self.is_leader() {
+            self.leases.leader_lease_remaining(now, self.term())
+        } else {
+            self.leases.node_lease_remaining(now)
+        }
+    }
+
+    /// Advances time: Raft ticks and ping rounds.
+    pub fn tick(&mut self, now: u64) {
+        if self.removed {
+            return;
+        }
+        self.now = self.now.max(now);
+        let mut ticks = 0;
+        while self.now >= self.next_tick_at && ticks < MAX_TICKS_PER_CALL {
+            self.raw.tick();
+            self.next_tick_at += self.timing.tick_ms;
+            ticks += 1;
+        }
+        if self.now >= self.next_tick_at {
+            self.next_tick_at = self.now + self.timing.tick_ms;
+        }
+        if self.now >= self.next_ping_at {
+            self.send_pings();
+            self.next_ping_at = self.now + self.timing.ping_interval_ms;
+        }
+        self.after_input();
+    }
+
+    /// Handles frame bytes from the network. An error means the bytes were refused untouched.
+    pub fn receive(&mut self, now: u64, bytes: &[u8]) -> Result<(), FrameError> {
+        let frame = codec::decode(self.cluster, self.id, bytes)?;
+        if self.removed {
+            return Ok(());
+        }
+        self.now = self.now.max(now);
+        self.last_heard.insert(frame.from, self.now);
+        match frame.message {
+            PeerMessage::Raft(message) => {
+                if let Err(error) = self.raw.step(message) {
+                    self.note(format!(
+                        "raft ignored a message from node {}: {error}",
+                        frame.from
+                    ));
+                }
+            }
+            PeerMessage::Ping(ping) => self.answer_ping(frame.from, ping),
+            PeerMessage::Pong(pong) => self.on_pong(frame.from, pong),
+        }
+        self.after_input();
+        Ok(())
+    }
+
+    /// Proposes a change; the outcome arrives later as [`Action::Completed`] with `request`.
+    pub fn propose(&mut self, request: u64, change: StateChange) -> Result<(), ProposeError> {
+        if self.removed {
+            return Err(ProposeError::Removed);
+        }
+        self.state.validate(&change)?;
+        if self.leader().is_none() {
+            return Err(ProposeError::NoLeader);
+        }
+        let conf_change = conf_change_for(&self.state, &change);
+        let proposal = Proposal {
+            origin: self.id,
+            request,
+            change,
+        };
+        let bytes = serde_json::to_vec(&proposal).unwrap_or_default();
+        let result = match conf_change {
+            Some(conf_change) => self.raw.propose_conf_change(bytes, conf_change),
+            None => self.raw.propose(Vec::new(), bytes),
+        };
+        result.map_err(|error| match error {
+            raft::Error::ProposalDropped => ProposeError::NoLeader,
+            other => ProposeError::Raft(other.to_string()),
+        })?;
+        self.after_input();
+        Ok(())
+    }
+
+    /// The shim made `Persist { number }` (and every earlier one) durable.
+    pub fn persisted(&mut self, number: u64) {
+        for pending in self.pending.iter_mut() {
+            if pending.number <= number {
+                pending.done = true;
+            }
+        }
+        self.release_persisted();
+        self.after_input();
+    }
+
+    /// Builds the change that admits a new node, picking its id and role.
+    pub fn prepare_join(
+        &mut self,
+        name: &str,
+        addr: &str,
+        site: Option<String>,
+        witness: bool,
+        token_digest: &str,
+        now_unix: u64,
+    ) -> Result<StateChange, ApplyError> {
+        self.state.check_token(token_digest, now_unix)?;
+        if self.state.node_by_name(name).is_some() {
+            return Err(ApplyError::NameTaken(name.to_string()));
+        }
+        let id = self.reserved_id.max(self.state.next_node_id);
+        self.reserved_id = id + 1;
+        let node = NodeInfo {
+            id,
+            name: name.to_string(),
+            addr: addr.to_string(),
+            site,
+            role: self.state.role_for_joiner(witness),
+            admin: Admin::Online,
+        };
+        Ok(StateChange::AddNode {
+            node,
+            token_digest: token_digest.to_string(),
+            now_unix,
+        })
+    }
+
+    /// Decides what an operator command means on this node.
+    pub fn plan_command(&self, now: u64, command: &Command) -> Plan {
+        let by_name = |name: &str| {
+            self.state
+                .node_by_name(name)
+                .map(|node| node.id)
+                .ok_or_else(|| {
+                    Plan::Answer(Reply::Refused {
+                        message: format!("no node named {name:?} in this cluster"),
+                    })
+                })
+        };
+        let admin = |name: &str, admin: Admin| match by_name(name) {
+            Ok(id) => Plan::Propose(StateChange::SetAdmin { id, admin }),
+            Err(refusal) => refusal,
+        };
+        match command {
+            Command::Status => Plan::Answer(Reply::Status(self.status(now))),
+            Command::NodeList => Plan::Answer(Reply::Nodes {
+                nodes: self.status(now).nodes,
+            }),
+            Command::NodeStandby { name } => admin(name, Admin::Standby),
+            Command::NodeOnline { name } => admin(name, Admin::Online),
+            Command::NodeRemove { name } => match by_name(name) {
+                Ok(id) => Plan::Propose(StateChange::RemoveNode { id }),
+                Err(refusal) => refusal,
+            },
+            Command::CreateJoinToken { ttl_secs } => Plan::MakeToken {
+                ttl_secs: *ttl_secs,
+            },
+        }
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self, now: u64) -> StatusReport {
+        let leader = self.leader();
+        let nodes: Vec<NodeStatus> = self
+            .state
+            .nodes
+            .values()
+            .map(|node| self.node_status(now, node, leader))
+            .collect();
+        let voters: Vec<&NodeStatus> = nodes.iter().filter(|node| node.role.votes()).collect();
+        let voters_online = voters.iter().filter(|node| node.online).count();
+        StatusReport {
+            cluster: self.cluster,
+            this_node: self.id,
+            leader,
+            term: self.term(),
+            quorum: leader.is_some() && voters_online * 2 > voters.len(),
+            voters_online,
+            voters_total: voters.len(),
+            commit_index: self.commit_index(),
+            applied_index: self.applied,
+            nodes,
+        }
+    }
+
+    fn node_status(&self, now: u64, node: &NodeInfo, leader: Option<NodeId>) -> NodeStatus {
+        let (online, last_seen_ms, lease_remaining_ms) = if node.id == self.id {
+            (true, Some(0), self.lease_remaining(now))
+        } else {
+            let seen = self
+                .last_heard
+                .get(&node.id)
+                .map(|&at| now.saturating_sub(at));
+            let lease = self
+                .peer_leases
+                .get(&node.id)
+                .map_or(0, |&(remaining, at)| {
+                    remaining.saturating_sub(now.saturating_sub(at))
+                });
+            let online = seen.is_some_and(|ago| ago <= self.timing.node_timeout_ms);
+            (online, seen, lease)
+        };
+        NodeStatus {
+            id: node.id,
+            name: node.name.clone(),
+            addr: node.addr.clone(),
+            site: node.site.clone(),
+            role: node.role,
+            admin: node.admin,
+            online,
+            last_seen_ms,
+            is_leader: leader == Some(node.id),
+            lease_remaining_ms,
+        }
+    }
+
+    fn note(&mut self, message: String) {
+        self.actions.push(Action::Note { message });
+    }
+
+    fn send(&mut self, to: NodeId, message: PeerMessage) {
+        let frame = Frame {
+            from: self.id,
+            to,
+            message,
+        };
+        let bytes = codec::encode(self.cluster, &frame);
+        self.actions.push(Action::Send { to, bytes });
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.state
+            .nodes
+            .keys()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect()
+    }
+
+    fn send_pings(&mut self) {
+        let seq = self.leases.start_round(self.now, self.term());
+        let ping = Ping {
+            seq,
+            term: self.term(),
+            lease_remaining_ms: self.lease_remaining(self.now),
+        };
+        for peer in self.peers() {
+            self.send(peer, PeerMessage::Ping(ping));
+        }
+    }
+
+    fn answer_ping(&mut self, from: NodeId, ping: Ping) {
+        self.peer_leases
+            .insert(from, (ping.lease_remaining_ms, self.now));
+        let pong = Pong {
+            seq: ping.seq,
+            term: self.term(),
+            leader_with_lease: self.holds_leader_lease(self.now),
+        };
+        self.send(from, PeerMessage::Pong(pong));
+    }
+
+    fn on_pong(&mut self, from: NodeId, pong: Pong) {
+        let is_voter = self.raw.raft.prs().conf().voters().contains(from);
+        let my_term = self.term();
+        let leading = self.is_leader();
+        let lease_timeout = self.leases.lease_timeout();
+        let Some(round) = self.leases.record_ack(pong.seq, from, pong.term) else {
+            return;
+        };
+        let until = round.sent_at + lease_timeout;
+        let round_term = round.term;
+        let acks = round.acks.clone();
+        if leading && round_term == my_term && is_voter && self.quorum_confirms(&acks) {
+            self.leases.extend_leader_lease(round_term, until);
+        }
+        if pong.leader_with_lease {
+            self.leases.extend_node_lease(until);
+        }
+    }
+
+    fn quorum_confirms(&self, acks: &std::collections::BTreeSet<NodeId>) -> bool {
+        #[cfg(feature = "mutations")]
+        if self.mutations.lease_without_quorum {
+            return true;
+        }
+        // raft-rs wants its own hasher; let the call site pick the set's type.
+        let mut confirmed = std::collections::HashSet::default();
+        confirmed.extend(acks.iter().copied());
+        confirmed.insert(self.id);
+        self.raw.raft.prs().has_quorum(&confirmed)
+    }
+
+    /// After every input: drive Raft's Ready loop and notice role changes.
+    fn after_input(&mut self) {
+        for _ in 0..MAX_READY_ROUNDS {
+            if !self.raw.has_ready() {
+                break;
+            }
+            self.handle_ready();
+        }
+        self.notice_role_change();
+    }
+
+    fn notice_role_change(&mut self) {
+        let now_role = (self.raw.raft.state, self.term());
+        if now_role == self.seen_role {
+            return;
+        }
+        if now_role.0 == StateRole::Leader {
+            self.leases.became_leader(self.now, now_role.1);
+            #[cfg(feature = "mutations")]
+            if self.mutations.lease_without_quorum {
+                self.leases.skip_blackout();
+            }
+            self.note(format!("became leader of term {}", now_role.1));
+        } else if self.seen_role.0 == StateRole::Leader {
+            self.note(format!("stepped down as leader in term {}", now_role.1));
+        }
+        self.seen_role = now_role;
+    }
+
+    fn handle_ready(&mut self) {
+        let mut ready = self.raw.ready();
+        self.send_raft(ready.take_messages());
+        let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
+        if let Some(snapshot) = &snapshot {
+            self.install_snapshot(snapshot);
+        }
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed);
+        let entries = ready.take_entries();
+        self.raw.mut_store().append(&entries);
+        let hard_state = ready.hs().cloned();
+        if let Some(hard_state) = &hard_state {
+            self.raw.mut_store().set_hard_state(hard_state.clone());
+        }
+        let number = ready.number();
+        let needs_disk = snapshot.is_some() || !entries.is_empty() || hard_state.is_some();
+        let messages = ready.take_persisted_messages();
+        if needs_disk {
+            self.actions.push(Action::Persist {
+                number,
+                hard_state,
+                entries,
+                snapshot,
+            });
+        }
+        self.raw.advance_append_async(ready);
+        self.pending.push_back(PendingReady {
+            number,
+            needs_disk,
+            done: false,
+            messages,
+        });
+        #[cfg(feature = "mutations")]
+        if self.mutations.send_before_persist {
+            let early: Vec<RaftMessage> = self
+                .pending
+                .iter_mut()
+                .flat_map(|p| std::mem::take(&mut p.messages))
+                .collect();
+            self.send_raft(early);
+        }
+        self.release_persisted();
+    }
+
+    /// Tells Raft about every leading pending Ready that is durable, and sends what it held.
+    fn release_persisted(&mut self) {
+        let mut released = None;
+        while let Some(front) = self.pending.front() {
+            if front.needs_disk && !front.done {
+                break;
+            }
+            let Some(front) = self.pending.pop_front() else {
+                break;
+            };
+            released = Some(front.number);
+            self.send_raft(front.messages);
+        }
+        if let Some(number) = released {
+            self.raw.on_persist_ready(number);
+        }
+    }
+
+    fn send_raft(&mut self, messages: Vec<RaftMessage>) {
+        for message in messages {
+            let to = message.to;
+            self.send(to, PeerMessage::Raft(message));
+        }
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) {
+        match decode_state(&snapshot.data, self.cluster) {
+            Ok(state) => {
+                self.reserved_id = self.reserved_id.max(state.next_node_id);
+                self.state = state;
+            }
+            Err(error) => self.note(format!("snapshot from the leader refused: {error}")),
+        }
+        self.raw.mut_store().install_snapshot(snapshot);
+        self.applied = snapshot.get_metadata().index;
+        self.note(format!("installed a snapshot at index {}", self.applied));
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) {
+        let mut last_term = None;
+        for entry in entries {
+            if entry.index <= self.applied {
+                continue;
+            }
+            self.applied = entry.index;
+            last_term = Some(entry.term);
+            let digest = u64::from(crc32c::crc32c(&entry.data)) << 32
+                | u64::from(crc32c::crc32c(&entry.context));
+            self.actions.push(Action::Applied {
+                index: entry.index,
+                term: entry.term,
+                digest,
+            });
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => self.apply_proposal(&entry.data, None),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    match decode_conf_change(&entry) {
+                        Some(conf_change) => self.apply_proposal(&entry.context, Some(conf_change)),
+                        None => self.note(format!(
+                            "entry {} holds a malformed membership change",
+                            entry.index
+                        )),
+                    }
+                }
+            }
+        }
+        if let Some(term) = last_term {
+            let data = encode_state(&self.state);
+            self.raw.mut_store().set_serving(self.applied, term, data);
+            self.raw.advance_apply_to(self.applied);
+            self.maybe_compact();
+        }
+    }
+
+    fn apply_proposal(&mut self, bytes: &[u8], conf_change: Option<ConfChangeV2>) {
+        let Ok(proposal) = serde_json::from_slice::<Proposal>(bytes) else {
+            self.note(format!(
+                "entry {} holds a malformed proposal; skipped",
+                self.applied
+            ));
+            return;
+        };
+        let expected = conf_change_for(&self.state, &proposal.change);
+        let outcome = if expected != conf_change {
+            Err("the membership change does not match its proposal".to_string())
+        } else {
+            self.state
+                .apply(&proposal.change)
+                .map_err(|error| error.to_string())
+        };
+        if let (Ok(_), Some(conf_change)) = (&outcome, &conf_change) {
+            match self.raw.apply_conf_change(conf_change) {
+                Ok(conf_state) => self.raw.mut_store().set_conf_state(conf_state),
+                Err(error) => self.note(format!("raft refused a membership change: {error}")),
+            }
+        }
+        if outcome.is_ok() && proposal.change == (StateChange::RemoveNode { id: self.id }) {
+            self.removed = true;
+            self.actions.push(Action::Removed);
+        }
+        if proposal.origin == self.id {
+            self.actions.push(Action::Completed {
+                request: proposal.request,
+                outcome,
+            });
+        }
+    }
+
+    fn maybe_compact(&mut self) {
+        if self.raw.store().entries_since_snapshot() as u64 >= self.timing.compact_every {
+            let snapshot = self.raw.mut_store().compact_to_serving();
+            self.actions.push(Action::Compact { snapshot });
+        }
+    }
+}
+
+/// The Raft membership change a state change needs, if any.
+fn conf_change_for(state: &ClusterState, change: &StateChange) -> Option<ConfChangeV2> {
+    let (change_type, node_id) = match change {
+        StateChange::AddNode { node, .. } if node.role == Role::Learner => {
+            (ConfChangeType::AddLearnerNode, node.id)
+        }
+        StateChange::AddNode { node, .. } => (ConfChangeType::AddNode, node.id),
+        StateChange::RemoveNode { id } if state.nodes.contains_key(id) => {
+            (ConfChangeType::RemoveNode, *id)
+        }
+        StateChange::RemoveNode { id } => (ConfChangeType::RemoveNode, *id),
+        _ => return None,
+    };
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(change_type);
+    single.node_id = node_id;
+    let mut conf_change = ConfChangeV2::default();
+    conf_change.set_changes(vec![single].into());
+    Some(conf_change)
+}
+
+fn decode_conf_change(entry: &Entry) -> Option<ConfChangeV2> {
+    match entry.get_entry_type() {
+        EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&entry.data).ok(),
+        _ => {
+            let v1 = ConfChange::parse_from_bytes(&entry.data).ok()?;
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(v1.get_change_type());
+            single.node_id = v1.node_id;
+            let mut conf_change = ConfChangeV2::default();
+            conf_change.set_changes(vec![single].into());
+            Some(conf_change)
+        }
+    }
+}

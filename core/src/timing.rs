@@ -1,0 +1,114 @@
+//! The time constants of the cluster, in one place, with the reasons for their defaults.
+//!
+//! All values are milliseconds on the caller's monotonic clock (the core never reads one).
+//! See docs/architecture.md ("Timing") for the reasoning in prose.
+
+use serde::{Deserialize, Serialize};
+
+/// How often things happen and how long silence is tolerated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    /// One Raft logical tick.
+    pub tick_ms: u64,
+    /// Raft election timeout in ticks (randomised by raft-rs in `[n, 2n)`).
+    pub election_ticks: usize,
+    /// Raft leader heartbeat in ticks.
+    pub heartbeat_ticks: usize,
+    /// How often every node pings every other node (liveness and leases).
+    pub ping_interval_ms: u64,
+    /// A peer silent for longer than this is shown offline.
+    pub node_timeout_ms: u64,
+    /// A lease lasts this long after the ping round that a quorum confirmed was sent.
+    pub lease_timeout_ms: u64,
+    /// Take a state snapshot and drop older log entries once this many entries were applied.
+    pub compact_every: u64,
+}
+
+impl Default for Timing {
+    /// Defaults, justified:
+    /// - 50 ms ticks, election after 10..20 ticks (0.5..1.0 s): a killed leader is replaced in
+    ///   about a second, well inside the 2 s promise, while a 100 ms heartbeat (2 ticks) gives
+    ///   five heartbeats per minimum election timeout, so one delayed packet never starts an
+    ///   election.
+    /// - pings every 150 ms and `node_timeout` 1000 ms: a peer must miss six pings in a row
+    ///   before it is shown offline, which survives scheduling stalls of a loaded 2-core box,
+    ///   yet stays under the 1.5 s ceiling.
+    /// - `lease_timeout` 1000 ms: renewed every ping, so it only lapses after ~6 lost rounds;
+    ///   failover may only happen after `lease_timeout` + a margin, so it bounds failover time.
+    fn default() -> Self {
+        Timing {
+            tick_ms: 50,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            ping_interval_ms: 150,
+            node_timeout_ms: 1000,
+            lease_timeout_ms: 1000,
+            compact_every: 1000,
+        }
+    }
+}
+
+/// A timing combination that cannot work, with the reason.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid timing: {0}")]
+pub struct TimingError(pub String);
+
+impl Timing {
+    /// Refuses combinations that would make liveness or leases meaningless.
+    pub fn validate(&self) -> Result<(), TimingError> {
+        let fail = |why: String| Err(TimingError(why));
+        if self.tick_ms == 0 || self.ping_interval_ms == 0 || self.compact_every == 0 {
+            return fail("tick_ms, ping_interval_ms and compact_every must be above zero".into());
+        }
+        if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
+            return fail(format!(
+                "election_ticks ({}) must exceed heartbeat_ticks ({}), which must be above zero",
+                self.election_ticks, self.heartbeat_ticks
+            ));
+        }
+        if self.node_timeout_ms < 2 * self.ping_interval_ms {
+            return fail(format!(
+                "node_timeout_ms ({}) must be at least two ping intervals ({})",
+                self.node_timeout_ms,
+                2 * self.ping_interval_ms
+            ));
+        }
+        if self.lease_timeout_ms < 2 * self.ping_interval_ms {
+            return fail(format!(
+                "lease_timeout_ms ({}) must be at least two ping intervals ({})",
+                self.lease_timeout_ms,
+                2 * self.ping_interval_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_within_promises() {
+        let timing = Timing::default();
+        assert_eq!(timing.validate(), Ok(()));
+        assert!(timing.node_timeout_ms <= 1500);
+        // Worst-case election timeout stays well below the 2 s leader-replacement promise.
+        assert!(2 * timing.election_ticks as u64 * timing.tick_ms < 2000);
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_a_reason() {
+        let timing = Timing {
+            node_timeout_ms: 100,
+            ..Timing::default()
+        };
+        let error = timing.validate().unwrap_err();
+        assert!(error.to_string().contains("node_timeout_ms"), "{error}");
+        let timing = Timing {
+            election_ticks: 2,
+            ..Timing::default()
+        };
+        assert!(timing.validate().is_err());
+    }
+}
