@@ -22,6 +22,7 @@ pub const MAX_PAYLOAD: usize = 32 << 20;
 const KIND_RAFT: u8 = 1;
 const KIND_PING: u8 = 2;
 const KIND_PONG: u8 = 3;
+const KIND_EVICTED: u8 = 4;
 
 /// A liveness and lease probe, sent by every node to every other node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,9 @@ pub enum PeerMessage {
     Raft(RaftMessage),
     Ping(Ping),
     Pong(Pong),
+    /// "You were removed from this cluster": the answer to a ping from a removed node, which
+    /// otherwise never learns of its removal (the leader stops replicating to it).
+    Evicted,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -97,6 +101,7 @@ pub fn encode(cluster: ClusterId, frame: &Frame) -> Vec<u8> {
             KIND_PONG,
             words(&[pong.seq, pong.term, pong.leader_with_lease as u64]),
         ),
+        PeerMessage::Evicted => (KIND_EVICTED, Vec::new()),
     };
     let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
     bytes.extend_from_slice(&MAGIC);
@@ -210,6 +215,11 @@ fn decode_payload(
                 leader_with_lease: flag == 1,
             }))
         }
+        KIND_EVICTED if payload.is_empty() => Ok(PeerMessage::Evicted),
+        KIND_EVICTED => Err(FrameError::BadPayload {
+            kind: "evicted",
+            reason: format!("{} bytes, expected none", payload.len()),
+        }),
         kind => Err(FrameError::UnknownKind { kind }),
     }
 }
@@ -277,6 +287,11 @@ mod tests {
                 from: 1,
                 to: 2,
                 message: PeerMessage::Raft(raft),
+            },
+            Frame {
+                from: 1,
+                to: 2,
+                message: PeerMessage::Evicted,
             },
         ];
         for frame in frames {

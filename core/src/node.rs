@@ -330,6 +330,7 @@ impl NodeCore {
             }
             PeerMessage::Ping(ping) => self.answer_ping(frame.from, ping),
             PeerMessage::Pong(pong) => self.on_pong(frame.from, pong),
+            PeerMessage::Evicted => self.on_evicted(frame.from),
         }
         self.after_input();
         Ok(())
@@ -530,6 +531,11 @@ impl NodeCore {
     }
 
     fn answer_ping(&mut self, from: NodeId, ping: Ping) {
+        let was_removed = from < self.state.next_node_id && !self.state.nodes.contains_key(&from);
+        if was_removed && self.state.nodes.contains_key(&self.id) {
+            self.send(from, PeerMessage::Evicted);
+            return;
+        }
         self.peer_leases
             .insert(from, (ping.lease_remaining_ms, self.now));
         let pong = Pong {
@@ -538,6 +544,18 @@ impl NodeCore {
             leader_with_lease: self.holds_leader_lease(self.now),
         };
         self.send(from, PeerMessage::Pong(pong));
+    }
+
+    /// A member says we were removed. Members are authenticated by the shim (mutual TLS), and
+    /// only a node that still lists the sender as a member believes it.
+    fn on_evicted(&mut self, from: NodeId) {
+        if self.state.nodes.contains_key(&from) && !self.removed {
+            self.note(format!(
+                "node {from} reports that this node was removed from the cluster"
+            ));
+            self.removed = true;
+            self.actions.push(Action::Removed);
+        }
     }
 
     fn on_pong(&mut self, from: NodeId, pong: Pong) {

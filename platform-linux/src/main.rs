@@ -1,1 +1,180 @@
-fn main() {}
+//! The `tandem` binary: parses the command line and hands off to the library.
+//!
+//! Exit codes (DESIGN.md §8): 0 success, 1 the operation was refused or failed, 2 usage or
+//! configuration error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tandem_core::{Command, Reply};
+use tandem_linux::{config, control, daemon, demo, render, setup, statedir::StateDir};
+
+#[derive(Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Mirrored disks and automatic failover without a SAN"
+)]
+struct Cli {
+    /// The node's state directory (holds its identity, certificates, log and control socket).
+    #[arg(long, global = true, default_value = "/var/lib/tandem")]
+    state_dir: PathBuf,
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Found a new cluster with this node as its first voter.
+    Init {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        site: Option<String>,
+    },
+    /// Print a join token (it expires).
+    Token {
+        /// How long the token stays valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Join an existing cluster through one of its members.
+    Join {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        site: Option<String>,
+        /// Join as a witness: votes, never holds resources.
+        #[arg(long)]
+        witness: bool,
+    },
+    /// Run this node (systemd runs this).
+    Daemon,
+    /// Nodes, quorum and leases at a glance.
+    Status,
+    /// List and manage nodes.
+    Node {
+        #[command(subcommand)]
+        action: NodeVerb,
+    },
+    /// A real cluster on this machine, with a failover shown.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum NodeVerb {
+    List,
+    Standby { name: String },
+    Online { name: String },
+    Remove { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&error.into()),
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("tandem: {error:#}");
+    let is_config = error
+        .chain()
+        .any(|cause| cause.downcast_ref::<config::ConfigError>().is_some());
+    ExitCode::from(if is_config { 2 } else { 1 })
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let root = cli.state_dir.clone();
+    let command = match cli.command {
+        Verb::Init { name, listen, site } => {
+            let spec = setup::NodeSpec {
+                name: &name,
+                listen: &listen,
+                site: site.as_deref(),
+            };
+            let created = setup::init(&root, &spec)?;
+            println!(
+                "initialised cluster {} with node {name} (id {}).\nstart it with: tandem daemon --state-dir {}",
+                created.cluster,
+                created.node_id,
+                root.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Verb::Join {
+            name,
+            listen,
+            peer,
+            token,
+            site,
+            witness,
+        } => {
+            let spec = setup::NodeSpec {
+                name: &name,
+                listen: &listen,
+                site: site.as_deref(),
+            };
+            let created = setup::join(&root, &spec, &peer, &token, witness).await?;
+            println!(
+                "joined cluster {} as node {name} (id {}, {}).\nstart it with: tandem daemon --state-dir {}",
+                created.cluster,
+                created.node_id,
+                created.role.as_str(),
+                root.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Verb::Daemon => {
+            daemon::run(&root).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Verb::Demo => return demo::run().await,
+        Verb::Token { ttl } => Command::CreateJoinToken { ttl_secs: ttl },
+        Verb::Status => Command::Status,
+        Verb::Node { action } => match action {
+            NodeVerb::List => Command::NodeList,
+            NodeVerb::Standby { name } => Command::NodeStandby { name },
+            NodeVerb::Online { name } => Command::NodeOnline { name },
+            NodeVerb::Remove { name } => Command::NodeRemove { name },
+        },
+    };
+    let dir = StateDir::open(&root)?;
+    let reply = control::call(&root, &dir.control_socket_path(), &command).await?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else {
+        print!("{}", render::reply(&reply));
+    }
+    Ok(match reply {
+        Reply::Refused { .. } => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    })
+}

@@ -1,1 +1,239 @@
-//! Helpers for end-to-end tests of the real binary.
+//! Helpers for end-to-end tests of the real `tandem` binary.
+//!
+//! A [`TestCluster`] runs real `tandem daemon` processes, each with its own state dir and its own
+//! loopback address (127.0.0.x), and talks to them only through the real CLI. Its `Drop` stops
+//! every process it started by PID and removes its directory, on success and on failure.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `tandem` binary under test: `$TANDEM_BIN`, or the one cargo built next to this test.
+pub fn tandem_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANDEM_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join("tandem");
+    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first", bin.display());
+    bin
+}
+
+/// A free TCP port on `ip` (a loopback address).
+pub fn free_port(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Runs the CLI with `--state-dir dir` and returns its output.
+pub fn cli(dir: &Path, args: &[&str]) -> Output {
+    Command::new(tandem_bin())
+        .args(args)
+        .arg("--state-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tandem")
+}
+
+/// Text of stdout and stderr together, for assertions on messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Polls `check` every 20 ms until it yields a value; panics after `limit` (a hang guard).
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < limit, "gave up after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One node of a test cluster.
+pub struct TestNode {
+    pub name: String,
+    pub dir: PathBuf,
+    pub addr: String,
+    pub child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// `tandem status --json` of this node, if its daemon answers.
+    pub fn status(&self) -> Option<Value> {
+        let output = cli(&self.dir, &["status", "--json"]);
+        if !output.status.success() {
+            return None;
+        }
+        let reply: Value = serde_json::from_slice(&output.stdout).ok()?;
+        (reply["reply"] == "status").then_some(reply)
+    }
+}
+
+static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
+
+/// Real daemons on loopback addresses; stopped and removed on drop.
+pub struct TestCluster {
+    pub root: PathBuf,
+    pub nodes: Vec<TestNode>,
+    /// The 127.a.b.0/24 block this cluster uses, so parallel tests never share addresses.
+    ip_prefix: String,
+}
+
+impl TestCluster {
+    pub fn new(label: &str) -> TestCluster {
+        let serial = NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst);
+        let root = std::env::temp_dir().join(format!("tandem-test-{label}-{}-{serial}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("create test root");
+        let ip_prefix = format!("127.{}.{}", std::process::id() % 250 + 1, serial % 250 + 1);
+        TestCluster { root, nodes: Vec::new(), ip_prefix }
+    }
+
+    fn next_addr(&self) -> String {
+        let ip = format!("{}.{}", self.ip_prefix, self.nodes.len() + 2);
+        format!("{ip}:{}", free_port(&ip))
+    }
+
+    pub fn node(&self, name: &str) -> &TestNode {
+        self.nodes.iter().find(|n| n.name == name).expect("known node")
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut TestNode {
+        self.nodes.iter_mut().find(|n| n.name == name).expect("known node")
+    }
+
+    /// `tandem init` of the first node (not started).
+    pub fn init(&mut self, name: &str) -> Output {
+        let addr = self.next_addr();
+        let dir = self.root.join(name);
+        let output = cli(&dir, &["init", "--name", name, "--listen", &addr]);
+        self.nodes.push(TestNode { name: name.into(), dir, addr, child: None });
+        output
+    }
+
+    /// Starts the daemon of `name`, its log in `<root>/<name>.log`.
+    pub fn start(&mut self, name: &str) {
+        let node = self.node_mut(name);
+        let log = std::fs::File::create(node.dir.with_extension("log")).expect("log file");
+        let child = Command::new(tandem_bin())
+            .args(["daemon", "--state-dir"])
+            .arg(&node.dir)
+            .env("TANDEM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start daemon");
+        node.child = Some(child);
+    }
+
+    /// `kill -9` of the daemon of `name`.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut child) = self.node_mut(name).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A fresh join token from `via`.
+    pub fn token(&self, via: &str) -> String {
+        let output = cli(&self.node(via).dir, &["token", "--json"]);
+        assert!(output.status.success(), "token failed: {}", text(&output));
+        let reply: Value = serde_json::from_slice(&output.stdout).expect("token json");
+        reply["token"].as_str().expect("token field").to_string()
+    }
+
+    /// `tandem join` of a new node through `via`, then starts it.
+    pub fn join(&mut self, name: &str, via: &str, witness: bool) {
+        let token = self.token(via);
+        let addr = self.next_addr();
+        let dir = self.root.join(name);
+        let peer = self.node(via).addr.clone();
+        let mut args = vec!["join", "--name", name, "--listen", &addr, "--peer", &peer, "--token", &token];
+        if witness {
+            args.push("--witness");
+        }
+        let output = cli(&dir, &args);
+        assert!(output.status.success(), "join of {name} failed: {}", text(&output));
+        self.nodes.push(TestNode { name: name.into(), dir, addr, child: None });
+        self.start(name);
+    }
+
+    /// Founds a cluster of data nodes `names` (and witnesses) and waits until all are online.
+    pub fn form(label: &str, names: &[&str], witnesses: &[&str]) -> TestCluster {
+        let mut cluster = TestCluster::new(label);
+        let output = cluster.init(names[0]);
+        assert!(output.status.success(), "init failed: {}", text(&output));
+        cluster.start(names[0]);
+        cluster.wait_leader(names[0]);
+        for name in &names[1..] {
+            cluster.join(name, names[0], false);
+        }
+        for name in witnesses {
+            cluster.join(name, names[0], true);
+        }
+        let total = names.len() + witnesses.len();
+        cluster.wait_online(names[0], total);
+        cluster
+    }
+
+    /// Waits until `name` sees a leader; returns the leader's id.
+    pub fn wait_leader(&self, name: &str) -> u64 {
+        wait_for(&format!("a leader seen by {name}"), Duration::from_secs(20), || {
+            self.node(name).status()?["leader"].as_u64()
+        })
+    }
+
+    /// Waits until `name` sees `count` nodes online.
+    pub fn wait_online(&self, name: &str, count: usize) -> Value {
+        wait_for(&format!("{count} nodes online as seen by {name}"), Duration::from_secs(30), || {
+            let status = self.node(name).status()?;
+            let online = status["nodes"].as_array()?.iter().filter(|n| n["online"] == true).count();
+            (online == count).then_some(status)
+        })
+    }
+
+    /// The name of node `id`.
+    pub fn name_of(&self, status: &Value, id: u64) -> String {
+        status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
+            .and_then(|n| n["name"].as_str())
+            .expect("node in status")
+            .to_string()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!("---- log of {} ----\n{}", node.name, node.log());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}

@@ -1,0 +1,451 @@
+//! `tandem daemon`: the event loop that feeds the core and carries out its actions.
+//!
+//! One task owns the `NodeCore` and the durable log. Network frames, control commands, join
+//! requests and a 10 ms ticker arrive as events; after each event the loop drains the core's
+//! actions in order: send frames, persist (write + fdatasync, then report completion), compact,
+//! answer waiting callers. The loop has no cluster logic of its own.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tandem_core::{Action, NodeCore, NodeId, Plan, Reply, StateChange, Timing};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{self, NodeConfig};
+use crate::control::{self, ControlRequest};
+use crate::join::{JoinGrant, JoinReply, JoinRequest, PeerEntry};
+use crate::pki::{self, CaMaterial};
+use crate::raftlog::DurableLog;
+use crate::statedir::StateDir;
+use crate::token::JoinToken;
+use crate::transport::{self, Inbound, Links, LocalIdentity, PeerAddress};
+
+/// A proposal that is not committed within this time is answered with a refusal.
+const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on action-drain rounds per event (each round is one batch from the core).
+const MAX_DRAIN_ROUNDS: usize = 64;
+
+/// Someone waiting for a proposal to commit.
+enum Waiter {
+    Control {
+        reply: oneshot::Sender<Reply>,
+        answer: Option<Reply>,
+        deadline: Instant,
+    },
+    Join {
+        reply: oneshot::Sender<JoinReply>,
+        grant: JoinGrant,
+        deadline: Instant,
+    },
+}
+
+impl Waiter {
+    fn deadline(&self) -> Instant {
+        match self {
+            Waiter::Control { deadline, .. } | Waiter::Join { deadline, .. } => *deadline,
+        }
+    }
+
+    fn finish(self, outcome: Result<String, String>, peers: Vec<PeerEntry>) {
+        match (self, outcome) {
+            (Waiter::Control { reply, answer, .. }, Ok(message)) => {
+                let _ = reply.send(answer.unwrap_or(Reply::Done { message }));
+            }
+            (Waiter::Control { reply, .. }, Err(message)) => {
+                let _ = reply.send(Reply::Refused { message });
+            }
+            (
+                Waiter::Join {
+                    reply, mut grant, ..
+                },
+                Ok(_),
+            ) => {
+                grant.peers = peers;
+                let _ = reply.send(JoinReply { outcome: Ok(grant) });
+            }
+            (Waiter::Join { reply, .. }, Err(reason)) => {
+                let _ = reply.send(JoinReply::refused(reason));
+            }
+        }
+    }
+}
+
+/// The running node.
+struct Daemon {
+    core: NodeCore,
+    log: DurableLog,
+    links: Links,
+    started: Instant,
+    ca: CaMaterial,
+    ca_fingerprint: [u8; 32],
+    bootstrap_peers: Vec<PeerEntry>,
+    next_request: u64,
+    waiting: HashMap<u64, Waiter>,
+    synced_at: Option<u64>,
+}
+
+/// Maps the config file's optional timing overrides onto the defaults.
+pub fn timing_from(config: &NodeConfig) -> Timing {
+    let defaults = Timing::default();
+    let t = &config.timing;
+    Timing {
+        tick_ms: t.tick_ms.unwrap_or(defaults.tick_ms),
+        election_ticks: t
+            .election_ticks
+            .map_or(defaults.election_ticks, |v| v as usize),
+        heartbeat_ticks: t
+            .heartbeat_ticks
+            .map_or(defaults.heartbeat_ticks, |v| v as usize),
+        ping_interval_ms: t.ping_interval_ms.unwrap_or(defaults.ping_interval_ms),
+        node_timeout_ms: t.node_timeout_ms.unwrap_or(defaults.node_timeout_ms),
+        lease_timeout_ms: t.lease_timeout_ms.unwrap_or(defaults.lease_timeout_ms),
+        compact_every: defaults.compact_every,
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs the daemon of `root` until SIGTERM/SIGINT or removal from the cluster.
+pub async fn run(root: &Path) -> anyhow::Result<()> {
+    let mut dir = StateDir::open(root)?;
+    dir.lock_exclusive()?;
+    let identity = dir.read_identity()?;
+    let config = config::load(&dir.config_path())?;
+    dir.check_matches_certificate(&identity)?;
+    let node = dir.load_node_material()?;
+    let ca = dir.load_ca()?;
+    let (log, recovered) = DurableLog::open(&dir.raft_dir(), identity.cluster)?;
+    let durable = tandem_core::DurableState {
+        hard_state: recovered.hard_state,
+        snapshot: recovered.snapshot.unwrap_or_default(),
+        entries: recovered.entries,
+    };
+    let started = Instant::now();
+    let core = NodeCore::restore(
+        identity.cluster,
+        identity.node_id,
+        durable,
+        timing_from(&config),
+        0,
+    )
+    .with_context(|| format!("cannot start node from {}", dir.raft_dir().display()))?;
+    let listener = transport::listen(&config.listen).await?;
+    let control_listener = control::bind(&dir.control_socket_path()).await?;
+    let me = LocalIdentity {
+        cluster: identity.cluster,
+        node: identity.node_id,
+    };
+    let (inbound_tx, mut inbound) = mpsc::channel(4096);
+    let (control_tx, mut control_rx) = mpsc::channel(64);
+    tokio::spawn(transport::serve(
+        listener,
+        pki::server_config(&ca.cert_pem, &node)?,
+        me,
+        inbound_tx,
+    ));
+    tokio::spawn(control::serve(control_listener, control_tx));
+    let mut daemon = Daemon {
+        core,
+        log,
+        links: Links::new(pki::client_config(&ca.cert_pem, &node)?),
+        started,
+        ca_fingerprint: pki::ca_fingerprint(&ca.cert_pem)?,
+        ca,
+        bootstrap_peers: read_bootstrap_peers(&dir),
+        next_request: 1,
+        waiting: HashMap::new(),
+        synced_at: None,
+    };
+    tracing::info!(
+        "node {} (id {}) of cluster {} serving on {}",
+        identity.node_name,
+        identity.node_id,
+        identity.cluster,
+        config.listen
+    );
+    sd_notify_ready();
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => daemon.on_tick(),
+            Some(event) = inbound.recv() => daemon.on_inbound(event),
+            Some(request) = control_rx.recv() => daemon.on_control(request),
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        daemon.drain()?;
+        if daemon.core.is_removed() {
+            tracing::warn!("this node was removed from the cluster; the daemon stops");
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(dir.control_socket_path());
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+fn read_bootstrap_peers(dir: &StateDir) -> Vec<PeerEntry> {
+    std::fs::read(dir.peers_path())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Tells systemd (Type=notify) we are up, when run under it.
+fn sd_notify_ready() {
+    if let Ok(path) = std::env::var("NOTIFY_SOCKET") {
+        if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
+            let _ = socket.send_to(b"READY=1", path);
+        }
+    }
+}
+
+impl Daemon {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn on_tick(&mut self) {
+        self.core.tick(self.now());
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, waiter)| waiter.deadline() <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some(waiter) = self.waiting.remove(&id) {
+                let reason = "not committed within 10 s: the cluster may lack quorum, or a membership change is in progress; try again";
+                waiter.finish(Err(reason.into()), Vec::new());
+            }
+        }
+    }
+
+    fn on_inbound(&mut self, event: Inbound) {
+        match event {
+            Inbound::Frame { bytes, peer } => {
+                if let Err(error) = self.core.receive(self.now(), &bytes) {
+                    tracing::warn!("malformed frame from {peer}: {error}");
+                }
+            }
+            Inbound::Join { request, reply } => self.on_join(request, reply),
+        }
+    }
+
+    fn on_control(&mut self, request: ControlRequest) {
+        let ControlRequest { command, reply } = request;
+        match self.core.plan_command(self.now(), &command) {
+            Plan::Answer(answer) => {
+                let _ = reply.send(answer);
+            }
+            Plan::Propose(change) => self.propose_for_control(change, reply, None),
+            Plan::MakeToken { ttl_secs } => {
+                let token = JoinToken::generate(self.core.cluster(), self.ca_fingerprint);
+                let now_unix = unix_now();
+                let expires_unix = now_unix + ttl_secs;
+                let change = StateChange::AddJoinToken {
+                    digest: token.secret_digest(),
+                    expires_unix,
+                    now_unix,
+                };
+                let answer = Reply::Token {
+                    token: token.encode(),
+                    expires_unix,
+                };
+                self.propose_for_control(change, reply, Some(answer));
+            }
+        }
+    }
+
+    fn propose_for_control(
+        &mut self,
+        change: StateChange,
+        reply: oneshot::Sender<Reply>,
+        answer: Option<Reply>,
+    ) {
+        let waiter = Waiter::Control {
+            reply,
+            answer,
+            deadline: Instant::now() + PROPOSAL_TIMEOUT,
+        };
+        self.propose(change, waiter);
+    }
+
+    fn propose(&mut self, change: StateChange, waiter: Waiter) {
+        let request = self.next_request;
+        self.next_request += 1;
+        match self.core.propose(request, change) {
+            Ok(()) => {
+                self.waiting.insert(request, waiter);
+            }
+            Err(error) => waiter.finish(Err(error.to_string()), Vec::new()),
+        }
+    }
+
+    fn on_join(&mut self, request: JoinRequest, reply: oneshot::Sender<JoinReply>) {
+        match self.admit(&request) {
+            Ok((change, grant)) => {
+                let waiter = Waiter::Join {
+                    reply,
+                    grant,
+                    deadline: Instant::now() + PROPOSAL_TIMEOUT,
+                };
+                self.propose(change, waiter);
+            }
+            Err(reason) => {
+                tracing::warn!("refused join of {:?}: {reason}", request.name);
+                let _ = reply.send(JoinReply::refused(reason));
+            }
+        }
+    }
+
+    /// Checks a join request and prepares the change and the grant (certificate signed first,
+    /// so a bad CSR never leaves a half-added node).
+    fn admit(&mut self, request: &JoinRequest) -> Result<(StateChange, JoinGrant), String> {
+        let token = JoinToken::parse(&request.token).map_err(|e| e.to_string())?;
+        let cluster = self.core.cluster();
+        if token.cluster != cluster {
+            return Err(format!(
+                "the token is for cluster {}, this is cluster {cluster}",
+                token.cluster
+            ));
+        }
+        pki::validate_node_name(&request.name).map_err(|e| e.to_string())?;
+        request
+            .addr
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("listen address {:?} is not HOST:PORT: {e}", request.addr))?;
+        let change = self
+            .core
+            .prepare_join(
+                &request.name,
+                &request.addr,
+                request.site.clone(),
+                request.witness,
+                &token.secret_digest(),
+                unix_now(),
+            )
+            .map_err(|e| e.to_string())?;
+        let StateChange::AddNode { node, .. } = &change else {
+            return Err("internal: join produced no node".into());
+        };
+        let node_cert_pem = pki::sign_node_csr(&self.ca, cluster, &request.name, &request.csr_pem)
+            .map_err(|e| e.to_string())?;
+        let grant = JoinGrant {
+            cluster,
+            node_id: node.id,
+            role: node.role,
+            ca_cert_pem: self.ca.cert_pem.clone(),
+            ca_key_pem: self.ca.key_pem.clone(),
+            node_cert_pem,
+            peers: Vec::new(),
+        };
+        Ok((change, grant))
+    }
+
+    /// Carries out what the core asked for, in order, until it asks for nothing more.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        for _ in 0..MAX_DRAIN_ROUNDS {
+            let actions = self.core.take_actions();
+            if actions.is_empty() {
+                break;
+            }
+            for action in actions {
+                self.perform(action)?;
+            }
+        }
+        self.sync_links();
+        Ok(())
+    }
+
+    fn perform(&mut self, action: Action) -> anyhow::Result<()> {
+        match action {
+            Action::Send { to, bytes } => self.links.send(to, bytes),
+            Action::Persist {
+                number,
+                hard_state,
+                entries,
+                snapshot,
+            } => {
+                let log = &mut self.log;
+                tokio::task::block_in_place(|| {
+                    log.append(hard_state.as_ref(), &entries, snapshot.as_ref())
+                })
+                .context(
+                    "cannot persist the Raft log; stopping rather than risk the cluster's safety",
+                )?;
+                self.core.persisted(number);
+            }
+            Action::Compact { snapshot } => {
+                let log = &mut self.log;
+                tokio::task::block_in_place(|| log.compact(&snapshot))
+                    .context("cannot compact the Raft log")?;
+            }
+            Action::Applied { .. } => {}
+            Action::Completed { request, outcome } => {
+                if let Some(waiter) = self.waiting.remove(&request) {
+                    waiter.finish(outcome, self.peer_entries());
+                }
+            }
+            Action::Removed => {}
+            Action::Note { message } => tracing::info!("{message}"),
+        }
+        Ok(())
+    }
+
+    fn peer_entries(&self) -> Vec<PeerEntry> {
+        self.core
+            .state()
+            .nodes
+            .values()
+            .map(|node| PeerEntry {
+                id: node.id,
+                name: node.name.clone(),
+                addr: node.addr.clone(),
+            })
+            .collect()
+    }
+
+    /// Dials every member the state (or, before the first snapshot, the join reply) names.
+    fn sync_links(&mut self) {
+        let applied = self.core.applied_index();
+        if self.synced_at == Some(applied) {
+            return;
+        }
+        self.synced_at = Some(applied);
+        let me: NodeId = self.core.id();
+        let mut peers: HashMap<NodeId, PeerAddress> = HashMap::new();
+        for entry in &self.bootstrap_peers {
+            peers.insert(
+                entry.id,
+                PeerAddress {
+                    name: entry.name.clone(),
+                    addr: entry.addr.clone(),
+                },
+            );
+        }
+        for node in self.core.state().nodes.values() {
+            peers.insert(
+                node.id,
+                PeerAddress {
+                    name: node.name.clone(),
+                    addr: node.addr.clone(),
+                },
+            );
+        }
+        if !self.core.state().nodes.is_empty() {
+            peers.retain(|id, _| self.core.state().nodes.contains_key(id));
+        }
+        peers.remove(&me);
+        self.links.sync(&peers);
+    }
+}

@@ -1,0 +1,127 @@
+//! Human renderings of replies: the tables `tandem status` and `tandem node list` print.
+//!
+//! `--json` bypasses this module and prints the reply as it is; everything shown here comes
+//! from the typed status model, nothing is computed.
+
+use std::fmt::Write as _;
+
+use tandem_core::{NodeStatus, Reply, StatusReport};
+
+/// Renders a reply for a terminal.
+pub fn reply(reply: &Reply) -> String {
+    match reply {
+        Reply::Status(status) => status_table(status),
+        Reply::Nodes { nodes } => node_table(nodes),
+        Reply::Done { message } => format!("{message}\n"),
+        Reply::Token {
+            token,
+            expires_unix,
+        } => {
+            format!("{token}\n(valid until {expires_unix} unix time; pass it to `tandem join --token`)\n")
+        }
+        Reply::Refused { message } => format!("refused: {message}\n"),
+    }
+}
+
+fn status_table(status: &StatusReport) -> String {
+    let leader = status
+        .leader
+        .and_then(|id| status.nodes.iter().find(|node| node.id == id))
+        .map_or("none".to_string(), |node| node.name.clone());
+    let quorum = if status.quorum { "yes" } else { "NO" };
+    let mut out = format!(
+        "cluster {}  leader {} (term {})  quorum: {} ({}/{} voters online)\n",
+        status.cluster, leader, status.term, quorum, status.voters_online, status.voters_total
+    );
+    if !status.quorum {
+        out.push_str("WARNING: no quorum: no leases are granted, nothing can fail over until a majority of voters is back\n");
+    }
+    out.push_str(&node_table(&status.nodes));
+    out
+}
+
+fn node_table(nodes: &[NodeStatus]) -> String {
+    let mut out = format!(
+        "{:<16} {:>3} {:<8} {:<8} {:<8} {:<8} {:<11} {}\n",
+        "NODE", "ID", "ROLE", "SITE", "STATE", "ADMIN", "LAST SEEN", "LEASE"
+    );
+    for node in nodes {
+        let name = if node.is_leader {
+            format!("{} *", node.name)
+        } else {
+            node.name.clone()
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:>3} {:<8} {:<8} {:<8} {:<8} {:<11} {}",
+            name,
+            node.id,
+            node.role.as_str(),
+            node.site.as_deref().unwrap_or("-"),
+            if node.online { "online" } else { "OFFLINE" },
+            node.admin.as_str(),
+            last_seen(node.last_seen_ms),
+            lease(node.lease_remaining_ms),
+        );
+    }
+    out
+}
+
+fn last_seen(ago: Option<u64>) -> String {
+    match ago {
+        None => "never".into(),
+        Some(ms) if ms < 1000 => "now".into(),
+        Some(ms) => format!("{:.1} s ago", ms as f64 / 1000.0),
+    }
+}
+
+fn lease(remaining_ms: u64) -> String {
+    if remaining_ms == 0 {
+        "none".into()
+    } else {
+        format!("held ({remaining_ms} ms)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::{Admin, ClusterId, Role};
+
+    fn node(id: u64, online: bool) -> NodeStatus {
+        NodeStatus {
+            id,
+            name: format!("n{id}"),
+            addr: "127.0.0.1:1".into(),
+            site: None,
+            role: Role::Voter,
+            admin: Admin::Online,
+            online,
+            last_seen_ms: online.then_some(10),
+            is_leader: id == 1,
+            lease_remaining_ms: if online { 900 } else { 0 },
+        }
+    }
+
+    #[test]
+    fn status_table_names_leader_quorum_and_offline_nodes() {
+        let status = StatusReport {
+            cluster: ClusterId([1; 16]),
+            this_node: 1,
+            leader: Some(1),
+            term: 3,
+            quorum: false,
+            voters_online: 1,
+            voters_total: 2,
+            commit_index: 5,
+            applied_index: 5,
+            nodes: vec![node(1, true), node(2, false)],
+        };
+        let text = reply(&Reply::Status(status));
+        assert!(text.contains("leader n1 (term 3)"), "{text}");
+        assert!(text.contains("quorum: NO (1/2 voters online)"), "{text}");
+        assert!(text.contains("n1 *"), "{text}");
+        assert!(text.contains("OFFLINE"), "{text}");
+        assert!(text.contains("never"), "{text}");
+    }
+}
