@@ -29,6 +29,79 @@ pub enum Command {
     CreateJoinToken {
         ttl_secs: u64,
     },
+    /// A new mirrored volume of `size` bytes over `legs`.
+    VolumeCreate {
+        name: String,
+        size: u64,
+        legs: Vec<LegRequest>,
+    },
+    VolumeList,
+    VolumeShow {
+        name: String,
+    },
+    /// Make `node` the volume's primary (a new epoch); `force` only for disaster recovery.
+    VolumePromote {
+        name: String,
+        node: String,
+        force: bool,
+    },
+    /// The primary stops writing; the volume has no primary.
+    VolumeDemote {
+        name: String,
+    },
+    VolumeDelete {
+        name: String,
+    },
+}
+
+/// A leg as typed by the operator: `n1,n2:/dev/mapper/arrayX`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegRequest {
+    pub nodes: Vec<String>,
+    pub path: String,
+}
+
+impl std::str::FromStr for LegRequest {
+    type Err = String;
+
+    /// Parses `NODE[,NODE...]:PATH`.
+    fn from_str(text: &str) -> Result<LegRequest, String> {
+        let (nodes, path) = text
+            .split_once(':')
+            .ok_or_else(|| format!("leg {text:?}: expected NODE[,NODE...]:PATH"))?;
+        let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().to_string()).collect();
+        if nodes.iter().any(String::is_empty) {
+            return Err(format!("leg {text:?}: an empty node name"));
+        }
+        if !path.starts_with('/') {
+            return Err(format!("leg {text:?}: the path must be absolute"));
+        }
+        Ok(LegRequest {
+            nodes,
+            path: path.to_string(),
+        })
+    }
+}
+
+/// Parses a size such as `4096`, `512M`, `10G` or `1T` (binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("size {text:?}: expected a number with an optional K, M, G or T"))?;
+    let shift = match unit.trim_end_matches(['i', 'B']).to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("size {text:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 /// The answer to a [`Command`].
@@ -45,6 +118,9 @@ pub enum Reply {
     Token {
         token: String,
         expires_unix: u64,
+    },
+    Volumes {
+        volumes: Vec<VolumeStatus>,
     },
     /// The command was refused or failed; the message says why (CLI exit code 1).
     Refused {
@@ -86,6 +162,28 @@ pub struct NodeStatus {
     pub lease_remaining_ms: u64,
 }
 
+/// One volume as the status model shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    pub id: u64,
+    pub name: String,
+    pub size: u64,
+    pub primary: Option<String>,
+    pub epoch: u64,
+    pub legs: Vec<LegStatus>,
+    /// Forced promotions, loudly kept: "epoch 3: node b forced onto leg 1 (was Outdated)".
+    pub forced: Vec<String>,
+}
+
+/// One leg's line in a volume table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegStatus {
+    pub id: u32,
+    pub nodes: Vec<String>,
+    pub path: String,
+    pub state: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +195,21 @@ mod tests {
         assert_eq!(text, r#"{"command":"node-standby","name":"b"}"#);
         assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), command);
         assert!(serde_json::from_str::<Command>(r#"{"command":"format-disk"}"#).is_err());
+    }
+
+    #[test]
+    fn legs_and_sizes_parse_with_clear_errors() {
+        let leg: LegRequest = "n1,n2:/dev/mapper/x".parse().unwrap();
+        assert_eq!(leg.nodes, ["n1", "n2"]);
+        assert_eq!(leg.path, "/dev/mapper/x");
+        assert!("n1".parse::<LegRequest>().unwrap_err().contains("NODE"));
+        assert!("n1:rel".parse::<LegRequest>().unwrap_err().contains("absolute"));
+        assert!(",:/x".parse::<LegRequest>().unwrap_err().contains("empty"));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert!(parse_size("12X").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
     }
 }

@@ -19,6 +19,8 @@ pub mod node;
 pub mod state;
 pub mod storage;
 pub mod timing;
+pub mod volume;
+pub mod volume_plan;
 
 pub use command::{Command, NodeStatus, Reply, StatusReport};
 pub use node::{bootstrap, Action, NodeCore, Plan, ProposeError, RestoreError};

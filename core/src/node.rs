@@ -408,6 +408,9 @@ impl NodeCore {
 
     /// Decides what an operator command means on this node.
     pub fn plan_command(&self, now: u64, command: &Command) -> Plan {
+        if let Some(plan) = crate::volume_plan::plan(&self.state, command) {
+            return plan;
+        }
         let by_name = |name: &str| {
             self.state
                 .node_by_name(name)
@@ -436,6 +439,9 @@ impl NodeCore {
             Command::CreateJoinToken { ttl_secs } => Plan::MakeToken {
                 ttl_secs: *ttl_secs,
             },
+            _ => Plan::Answer(Reply::Refused {
+                message: format!("command {command:?} is not handled by this node"),
+            }),
         }
     }
 
@@ -678,6 +684,19 @@ impl NodeCore {
         }
         if let Some(number) = released {
             self.raw.on_persist_ready(number);
+            self.catch_up_raft_applied();
+        }
+    }
+
+    /// Tells Raft how far this node has applied once that is durable. A snapshot from the
+    /// leader is applied when it arrives but may only be reported once persisted; until it is,
+    /// Raft's own applied index lags, and an election would ask the store for entries the
+    /// snapshot replaced.
+    fn catch_up_raft_applied(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let reportable = self.applied.min(log.committed).min(log.persisted);
+        if reportable > log.applied {
+            self.raw.advance_apply_to(reportable);
         }
     }
 
@@ -760,6 +779,11 @@ impl NodeCore {
                 Err(error) => self.note(format!("raft refused a membership change: {error}")),
             }
         }
+        if let (Ok(message), true) = (&outcome, is_forced(&proposal.change)) {
+            self.note(format!(
+                "WARNING: an operator forced a promotion: {message}"
+            ));
+        }
         if outcome.is_ok() && proposal.change == (StateChange::RemoveNode { id: self.id }) {
             self.removed = true;
             self.actions.push(Action::Removed);
@@ -778,6 +802,13 @@ impl NodeCore {
             self.actions.push(Action::Compact { snapshot });
         }
     }
+}
+
+fn is_forced(change: &StateChange) -> bool {
+    matches!(
+        change,
+        StateChange::Volume(crate::volume::VolumeChange::Promote { force: true, .. })
+    )
 }
 
 /// The Raft membership change a state change needs, if any.

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ClusterId, NodeId};
+use crate::volume::{self, VolumeChange, VolumeError, VolumeId, VolumeInfo};
 
 /// The snapshot encoding version this build writes and reads.
 pub const STATE_FORMAT: u32 = 1;
@@ -93,6 +94,15 @@ pub struct ClusterState {
     pub next_node_id: NodeId,
     #[serde(default)]
     pub join_tokens: Vec<JoinTokenRecord>,
+    #[serde(default)]
+    pub volumes: BTreeMap<VolumeId, VolumeInfo>,
+    /// Volume ids are never reused either.
+    #[serde(default = "first_volume_id")]
+    pub next_volume_id: VolumeId,
+}
+
+fn first_volume_id() -> VolumeId {
+    1
 }
 
 /// A change to the cluster state, decided by a proposer and applied by all.
@@ -115,6 +125,8 @@ pub enum StateChange {
         expires_unix: u64,
         now_unix: u64,
     },
+    /// Create, delete, promote, demote a volume, or change a leg's state.
+    Volume(VolumeChange),
 }
 
 /// A committed change that the state refused; every node refuses it identically.
@@ -132,6 +144,10 @@ pub enum ApplyError {
     ExpiredToken { expired_unix: u64 },
     #[error("the last voter cannot be removed")]
     LastVoter,
+    #[error("node {node} is primary of volume {volume}; move or demote it first")]
+    PrimaryOfVolume { node: NodeId, volume: String },
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
 }
 
 /// A snapshot payload that cannot be loaded.
@@ -162,6 +178,8 @@ impl ClusterState {
             nodes: BTreeMap::new(),
             next_node_id: 1,
             join_tokens: Vec::new(),
+            volumes: BTreeMap::new(),
+            next_volume_id: first_volume_id(),
         }
     }
 
@@ -225,6 +243,12 @@ impl ClusterState {
                 if node.role.votes() && self.voter_count() == 1 {
                     return Err(ApplyError::LastVoter);
                 }
+                if let Some(volume) = self.volumes.values().find(|v| v.primary == Some(*id)) {
+                    return Err(ApplyError::PrimaryOfVolume {
+                        node: *id,
+                        volume: volume.name.clone(),
+                    });
+                }
                 let name = node.name.clone();
                 self.nodes.remove(id);
                 Ok(format!("node {name} removed"))
@@ -249,6 +273,74 @@ impl ClusterState {
                     "join token valid until {expires_unix} (unix seconds)"
                 ))
             }
+            StateChange::Volume(change) => self.apply_volume(change),
+        }
+    }
+
+    pub fn volume_by_name(&self, name: &str) -> Option<&VolumeInfo> {
+        self.volumes.values().find(|volume| volume.name == name)
+    }
+
+    fn volume_mut(&mut self, id: VolumeId) -> Result<&mut VolumeInfo, VolumeError> {
+        self.volumes.get_mut(&id).ok_or(VolumeError::NoSuchVolume(id))
+    }
+
+    fn apply_volume(&mut self, change: &VolumeChange) -> Result<String, ApplyError> {
+        match change {
+            VolumeChange::Create { name, size, legs } => {
+                if self.volume_by_name(name).is_some() {
+                    return Err(VolumeError::NameTaken(name.clone()).into());
+                }
+                volume::check_new_volume(name, *size, legs, |node| {
+                    self.nodes
+                        .get(&node)
+                        .is_some_and(|info| info.role != Role::Witness)
+                })?;
+                let id = self.next_volume_id;
+                self.next_volume_id += 1;
+                self.volumes
+                    .insert(id, volume::new_volume(id, name, *size, legs));
+                Ok(format!("volume {name} created with id {id}"))
+            }
+            VolumeChange::Delete { volume } => {
+                let info = self.volume_mut(*volume)?;
+                if let Some(node) = info.primary {
+                    let volume = info.name.clone();
+                    return Err(VolumeError::InUse { volume, node }.into());
+                }
+                let name = info.name.clone();
+                self.volumes.remove(volume);
+                Ok(format!("volume {name} deleted (leg contents left in place)"))
+            }
+            VolumeChange::Promote {
+                volume,
+                node,
+                force,
+            } => Ok(volume::promote(self.volume_mut(*volume)?, *node, *force)?),
+            VolumeChange::Demote { volume, epoch } => {
+                let info = self.volume_mut(*volume)?;
+                if *epoch != info.epoch {
+                    return Err(VolumeError::StaleEpoch {
+                        volume: info.name.clone(),
+                        given: *epoch,
+                        current: info.epoch,
+                    }
+                    .into());
+                }
+                info.primary = None;
+                Ok(format!("volume {} demoted (epoch {epoch})", info.name))
+            }
+            VolumeChange::SetLegState {
+                volume,
+                leg,
+                state,
+                epoch,
+            } => Ok(volume::set_leg_state(
+                self.volume_mut(*volume)?,
+                *leg,
+                *state,
+                *epoch,
+            )?),
         }
     }
 

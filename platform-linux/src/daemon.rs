@@ -26,6 +26,9 @@ use crate::transport::{self, Inbound, Links, LocalIdentity, PeerAddress};
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on action-drain rounds per event (each round is one batch from the core).
 const MAX_DRAIN_ROUNDS: usize = 64;
+/// How long links to a removed node stay up: long enough for its pings to be answered with
+/// `Evicted` (the leader stops replicating to it, so Raft alone never tells it).
+const DEPARTED_GRACE: Duration = Duration::from_secs(60);
 
 /// Someone waiting for a proposal to commit.
 enum Waiter {
@@ -84,6 +87,8 @@ struct Daemon {
     next_request: u64,
     waiting: HashMap<u64, Waiter>,
     synced_at: Option<u64>,
+    /// Nodes removed from the state, with when the link to them is finally dropped.
+    departed: HashMap<NodeId, (PeerAddress, Instant)>,
 }
 
 /// Maps the config file's optional timing overrides onto the defaults.
@@ -161,6 +166,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         next_request: 1,
         waiting: HashMap::new(),
         synced_at: None,
+        departed: HashMap::new(),
     };
     tracing::info!(
         "node {} (id {}) of cluster {} serving on {}",
@@ -216,6 +222,10 @@ impl Daemon {
     fn on_tick(&mut self) {
         self.core.tick(self.now());
         let now = Instant::now();
+        if self.departed.values().any(|(_, until)| *until <= now) {
+            self.departed.retain(|_, (_, until)| *until > now);
+            self.synced_at = None;
+        }
         let expired: Vec<u64> = self
             .waiting
             .iter()
@@ -397,6 +407,9 @@ impl Daemon {
                 }
             }
             Action::Removed => {}
+            Action::Note { message } if message.starts_with("WARNING") => {
+                tracing::warn!("{message}")
+            }
             Action::Note { message } => tracing::info!("{message}"),
         }
         Ok(())
@@ -413,6 +426,18 @@ impl Daemon {
                 addr: node.addr.clone(),
             })
             .collect()
+    }
+
+    /// Remembers linked nodes that left the state, so their pings can still be answered.
+    fn note_departed(&mut self) {
+        let state = self.core.state();
+        let until = Instant::now() + DEPARTED_GRACE;
+        for (id, address) in self.links.linked() {
+            let removed = id < state.next_node_id && !state.nodes.contains_key(&id);
+            if removed && !self.departed.contains_key(&id) {
+                self.departed.insert(id, (address, until));
+            }
+        }
     }
 
     /// Dials every member the state (or, before the first snapshot, the join reply) names.
@@ -443,7 +468,11 @@ impl Daemon {
             );
         }
         if !self.core.state().nodes.is_empty() {
+            self.note_departed();
             peers.retain(|id, _| self.core.state().nodes.contains_key(id));
+        }
+        for (id, (address, _)) in &self.departed {
+            peers.entry(*id).or_insert_with(|| address.clone());
         }
         peers.remove(&me);
         self.links.sync(&peers);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tandem_core::command::LegRequest;
 use tandem_core::{Command, Reply};
 use tandem_linux::{config, control, daemon, demo, render, setup, statedir::StateDir};
 
@@ -69,8 +70,52 @@ enum Verb {
         #[command(subcommand)]
         action: NodeVerb,
     },
+    /// Create, inspect and switch mirrored volumes.
+    Volume {
+        #[command(subcommand)]
+        action: VolumeVerb,
+    },
     /// A real cluster on this machine, with a failover shown.
     Demo,
+}
+
+#[derive(Subcommand)]
+enum VolumeVerb {
+    /// A new mirrored volume: `--leg NODE[,NODE...]:PATH` once per copy.
+    Create {
+        name: String,
+        /// Size in bytes, or with a unit: 512M, 10G, 1T.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// A copy of the data: the nodes that reach it and its path (device or file).
+        #[arg(long = "leg", required = true)]
+        legs: Vec<LegRequest>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Make NODE the primary under a new epoch.
+    Promote {
+        name: String,
+        #[arg(long)]
+        node: String,
+        /// Disaster recovery only: promote even a leg that is not UpToDate (recorded for good).
+        #[arg(long)]
+        force: bool,
+    },
+    /// The primary stops writing.
+    Demote {
+        name: String,
+    },
+    /// Forget a volume that has no primary (leg contents are left in place).
+    Delete {
+        name: String,
+    },
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    tandem_core::command::parse_size(text)
 }
 
 #[derive(Subcommand)]
@@ -100,6 +145,17 @@ fn main() -> ExitCode {
     match runtime.block_on(execute(cli)) {
         Ok(code) => code,
         Err(error) => fail(&error),
+    }
+}
+
+fn volume_command(action: VolumeVerb) -> Command {
+    match action {
+        VolumeVerb::Create { name, size, legs } => Command::VolumeCreate { name, size, legs },
+        VolumeVerb::List => Command::VolumeList,
+        VolumeVerb::Show { name } => Command::VolumeShow { name },
+        VolumeVerb::Promote { name, node, force } => Command::VolumePromote { name, node, force },
+        VolumeVerb::Demote { name } => Command::VolumeDemote { name },
+        VolumeVerb::Delete { name } => Command::VolumeDelete { name },
     }
 }
 
@@ -165,6 +221,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             NodeVerb::Online { name } => Command::NodeOnline { name },
             NodeVerb::Remove { name } => Command::NodeRemove { name },
         },
+        Verb::Volume { action } => volume_command(action),
     };
     let dir = StateDir::open(&root)?;
     let reply = control::call(&root, &dir.control_socket_path(), &command).await?;

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use tandem_core::command::VolumeStatus;
 use tandem_core::{NodeStatus, Reply, StatusReport};
 
 /// Renders a reply for a terminal.
@@ -19,8 +20,53 @@ pub fn reply(reply: &Reply) -> String {
         } => {
             format!("{token}\n(valid until {expires_unix} unix time; pass it to `tandem join --token`)\n")
         }
+        Reply::Volumes { volumes } => volume_table(volumes),
         Reply::Refused { message } => format!("refused: {message}\n"),
     }
+}
+
+/// A size in binary units, the way operators type them (`--size 10G`).
+fn human_size(bytes: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("T", 40), ("G", 30), ("M", 20), ("K", 10)];
+    for (unit, shift) in UNITS {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+fn volume_table(volumes: &[VolumeStatus]) -> String {
+    if volumes.is_empty() {
+        return "no volumes\n".to_string();
+    }
+    let mut out = String::new();
+    for volume in volumes {
+        let _ = writeln!(
+            out,
+            "volume {} (id {})  size {}  primary {}  epoch {}",
+            volume.name,
+            volume.id,
+            human_size(volume.size),
+            volume.primary.as_deref().unwrap_or("none"),
+            volume.epoch
+        );
+        let _ = writeln!(out, "  {:<4} {:<13} {:<20} PATH", "LEG", "STATE", "NODES");
+        for leg in &volume.legs {
+            let _ = writeln!(
+                out,
+                "  {:<4} {:<13} {:<20} {}",
+                leg.id,
+                leg.state,
+                leg.nodes.join(","),
+                leg.path
+            );
+        }
+        for forced in &volume.forced {
+            let _ = writeln!(out, "  FORCED PROMOTION: {forced}");
+        }
+    }
+    out
 }
 
 fn status_table(status: &StatusReport) -> String {

@@ -262,6 +262,14 @@ impl Links {
         }
     }
 
+    /// The nodes linked now, with their addresses.
+    pub fn linked(&self) -> Vec<(NodeId, PeerAddress)> {
+        self.links
+            .iter()
+            .map(|(&id, link)| (id, link.address.clone()))
+            .collect()
+    }
+
     /// Queues frame bytes for `to`; dropped when the peer is unknown or its queue is full.
     pub fn send(&self, to: NodeId, bytes: Vec<u8>) {
         if let Some(link) = self.links.get(&to) {

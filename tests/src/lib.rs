@@ -190,7 +190,9 @@ impl TestCluster {
             cluster.join(name, names[0], true);
         }
         let total = names.len() + witnesses.len();
-        cluster.wait_online(names[0], total);
+        for name in names.iter().chain(witnesses) {
+            cluster.wait_online(name, total);
+        }
         cluster
     }
 

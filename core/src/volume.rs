@@ -1,0 +1,462 @@
+//! Mirrored volumes in the replicated cluster state: legs, their states, the primary, epochs.
+//!
+//! This is the "one brain" of DESIGN.md §3 for storage: which leg is up to date and which node
+//! may write are decided only by committed [`VolumeChange`]s, applied identically everywhere.
+//! The rules of DESIGN.md §5 that the state itself can enforce live here:
+//! - a node becomes primary only onto an `UpToDate` leg it reaches (rule 2), each promotion
+//!   committing a new epoch;
+//! - a leg leaves `UpToDate` only through a committed change (rule 1), and every leg-state change
+//!   names the epoch it was decided in, so a stale proposal from an old primary is refused;
+//! - `--force` is the one way around the rules, and it is recorded in the state for good.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::NodeId;
+
+/// A volume's number, never reused within a cluster.
+pub type VolumeId = u64;
+/// A leg's number within its volume (0, 1, ...).
+pub type LegId = u32;
+
+/// The largest volume we accept (1 PiB): a typo guard, not a technical limit.
+pub const MAX_VOLUME_SIZE: u64 = 1 << 50;
+/// The data block size of every volume (NBD's preferred block size, the page size).
+pub const BLOCK_SIZE: u64 = 4096;
+/// How many legs one volume may have.
+pub const MAX_LEGS: usize = 8;
+
+/// What a leg holds compared to the volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LegState {
+    /// Has every acknowledged write: may be promoted, must receive every write.
+    UpToDate,
+    /// Was cut off and missed writes (the primary tracks which); needs a resync.
+    Outdated,
+    /// Being filled by a full sync; its contents are not a usable disk yet.
+    Inconsistent,
+}
+
+impl LegState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LegState::UpToDate => "UpToDate",
+            LegState::Outdated => "Outdated",
+            LegState::Inconsistent => "Inconsistent",
+        }
+    }
+}
+
+/// One copy of a volume's data, reachable by one node or (shared array) several.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegInfo {
+    pub id: LegId,
+    pub nodes: Vec<NodeId>,
+    /// Block device, partition or file (created sparse when missing).
+    pub path: String,
+    pub state: LegState,
+}
+
+/// A promotion that broke the rules on an operator's order, kept in the state for good.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForcedPromotion {
+    pub epoch: u64,
+    pub node: NodeId,
+    pub leg: LegId,
+    /// The leg's state before the force.
+    pub was: LegState,
+}
+
+/// A mirrored disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub id: VolumeId,
+    pub name: String,
+    pub size: u64,
+    pub legs: Vec<LegInfo>,
+    /// The one node that may write, if any.
+    pub primary: Option<NodeId>,
+    /// Raised by every promotion; secondaries reject replication from any other epoch.
+    pub epoch: u64,
+    #[serde(default)]
+    pub forced: Vec<ForcedPromotion>,
+}
+
+impl VolumeInfo {
+    /// The leg `node` reaches, if any.
+    pub fn leg_of(&self, node: NodeId) -> Option<&LegInfo> {
+        self.legs.iter().find(|leg| leg.nodes.contains(&node))
+    }
+
+    pub fn leg(&self, id: LegId) -> Option<&LegInfo> {
+        self.legs.iter().find(|leg| leg.id == id)
+    }
+
+    fn leg_mut(&mut self, id: LegId) -> Option<&mut LegInfo> {
+        self.legs.iter_mut().find(|leg| leg.id == id)
+    }
+}
+
+/// A leg as the operator asks for it: which nodes reach which path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegSpec {
+    pub nodes: Vec<NodeId>,
+    pub path: String,
+}
+
+/// A change to the volumes, decided by a proposer and applied by all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum VolumeChange {
+    /// A new volume. Its first leg holds the initial contents (UpToDate); the others start
+    /// Inconsistent and are filled by a full initial sync.
+    Create {
+        name: String,
+        size: u64,
+        legs: Vec<LegSpec>,
+    },
+    /// Deletes a volume that has no primary. Leg contents are left alone.
+    Delete { volume: VolumeId },
+    /// Makes `node` the primary under a new epoch. Without `force`, only onto an UpToDate leg
+    /// and only when no other node is primary.
+    Promote {
+        volume: VolumeId,
+        node: NodeId,
+        force: bool,
+    },
+    /// The primary stops writing (after a flush): the volume has no primary.
+    Demote { volume: VolumeId, epoch: u64 },
+    /// A leg's state changes, as decided in `epoch` (refused when the epoch moved on).
+    SetLegState {
+        volume: VolumeId,
+        leg: LegId,
+        state: LegState,
+        epoch: u64,
+    },
+}
+
+/// Why a volume change was refused; every node refuses it identically.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VolumeError {
+    #[error("a volume named {0:?} already exists")]
+    NameTaken(String),
+    #[error("volume name {0:?} is invalid: use 1-64 letters, digits, '-', '_' or '.'")]
+    BadName(String),
+    #[error("volume size {size} is invalid: {reason}")]
+    BadSize { size: u64, reason: String },
+    #[error("a volume needs 1 to {MAX_LEGS} legs, got {0}")]
+    LegCount(usize),
+    #[error("leg {leg}: {reason}")]
+    BadLeg { leg: usize, reason: String },
+    #[error("no volume with id {0}")]
+    NoSuchVolume(VolumeId),
+    #[error("volume {volume} has no leg {leg}")]
+    NoSuchLeg { volume: String, leg: LegId },
+    #[error("volume {volume} is primary on node {node}; demote it first")]
+    InUse { volume: String, node: NodeId },
+    #[error("node {node} reaches no leg of volume {volume}")]
+    NoLegOnNode { volume: String, node: NodeId },
+    #[error(
+        "refusing to promote volume {volume} on node {node}: its leg {leg} is {state}, not \
+         UpToDate (UpToDate legs: {up_to_date}); resync it first, or use --force to accept \
+         losing what it missed"
+    )]
+    LegNotUpToDate {
+        volume: String,
+        node: NodeId,
+        leg: LegId,
+        state: &'static str,
+        up_to_date: String,
+    },
+    #[error("stale change for volume {volume}: decided in epoch {given}, the volume is at epoch {current}")]
+    StaleEpoch {
+        volume: String,
+        given: u64,
+        current: u64,
+    },
+    #[error("volume {volume} would have no UpToDate leg left")]
+    LastUpToDate { volume: String },
+}
+
+/// Checks a new volume's name, size and legs against the known nodes.
+pub fn check_new_volume(
+    name: &str,
+    size: u64,
+    legs: &[LegSpec],
+    node_exists: impl Fn(NodeId) -> bool,
+) -> Result<(), VolumeError> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        return Err(VolumeError::BadName(name.to_string()));
+    }
+    let size_error = |reason: &str| VolumeError::BadSize {
+        size,
+        reason: reason.to_string(),
+    };
+    if size == 0 {
+        return Err(size_error("it must be above zero"));
+    }
+    if !size.is_multiple_of(BLOCK_SIZE) {
+        return Err(size_error("it must be a multiple of 4096 bytes"));
+    }
+    if size > MAX_VOLUME_SIZE {
+        return Err(size_error("it is above 1 PiB"));
+    }
+    if legs.is_empty() || legs.len() > MAX_LEGS {
+        return Err(VolumeError::LegCount(legs.len()));
+    }
+    let mut seen_nodes = Vec::new();
+    for (index, leg) in legs.iter().enumerate() {
+        let bad = |reason: String| VolumeError::BadLeg { leg: index, reason };
+        if leg.nodes.is_empty() {
+            return Err(bad("it names no node".into()));
+        }
+        if !leg.path.starts_with('/') || leg.path.contains('\0') {
+            return Err(bad(format!("path {:?} must be absolute", leg.path)));
+        }
+        for node in &leg.nodes {
+            if !node_exists(*node) {
+                return Err(bad(format!("node {node} is not a member")));
+            }
+            if seen_nodes.contains(node) {
+                return Err(bad(format!(
+                    "node {node} already reaches another leg of this volume"
+                )));
+            }
+            seen_nodes.push(*node);
+        }
+    }
+    Ok(())
+}
+
+/// Builds the volume a `Create` makes (after [`check_new_volume`]).
+pub fn new_volume(id: VolumeId, name: &str, size: u64, legs: &[LegSpec]) -> VolumeInfo {
+    let legs = legs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| LegInfo {
+            id: index as LegId,
+            nodes: spec.nodes.clone(),
+            path: spec.path.clone(),
+            state: if index == 0 {
+                LegState::UpToDate
+            } else {
+                LegState::Inconsistent
+            },
+        })
+        .collect();
+    VolumeInfo {
+        id,
+        name: name.to_string(),
+        size,
+        legs,
+        primary: None,
+        epoch: 0,
+        forced: Vec::new(),
+    }
+}
+
+/// Applies a promotion to `volume`.
+pub fn promote(volume: &mut VolumeInfo, node: NodeId, force: bool) -> Result<String, VolumeError> {
+    let name = volume.name.clone();
+    let leg = volume
+        .leg_of(node)
+        .ok_or(VolumeError::NoLegOnNode {
+            volume: name.clone(),
+            node,
+        })?
+        .clone();
+    if let Some(primary) = volume.primary.filter(|&primary| primary != node) {
+        if !force {
+            return Err(VolumeError::InUse {
+                volume: name,
+                node: primary,
+            });
+        }
+    }
+    if leg.state != LegState::UpToDate && !force {
+        let up_to_date: Vec<String> = volume
+            .legs
+            .iter()
+            .filter(|leg| leg.state == LegState::UpToDate)
+            .map(|leg| format!("{} on nodes {:?}", leg.id, leg.nodes))
+            .collect();
+        return Err(VolumeError::LegNotUpToDate {
+            volume: name,
+            node,
+            leg: leg.id,
+            state: leg.state.as_str(),
+            up_to_date: if up_to_date.is_empty() {
+                "none".into()
+            } else {
+                up_to_date.join(", ")
+            },
+        });
+    }
+    volume.epoch += 1;
+    volume.primary = Some(node);
+    if force && leg.state != LegState::UpToDate {
+        volume.forced.push(ForcedPromotion {
+            epoch: volume.epoch,
+            node,
+            leg: leg.id,
+            was: leg.state,
+        });
+        // The forced leg defines the contents from now on; every other leg must resync.
+        for other in volume.legs.iter_mut() {
+            other.state = if other.id == leg.id {
+                LegState::UpToDate
+            } else {
+                LegState::Outdated
+            };
+        }
+        return Ok(format!(
+            "volume {name} FORCED primary on node {node} in epoch {} (leg {} was {})",
+            volume.epoch,
+            leg.id,
+            leg.state.as_str()
+        ));
+    }
+    Ok(format!(
+        "volume {name} is primary on node {node} in epoch {}",
+        volume.epoch
+    ))
+}
+
+/// Applies a leg-state change to `volume`, guarded by its epoch.
+pub fn set_leg_state(
+    volume: &mut VolumeInfo,
+    leg: LegId,
+    state: LegState,
+    epoch: u64,
+) -> Result<String, VolumeError> {
+    let name = volume.name.clone();
+    if epoch != volume.epoch {
+        return Err(VolumeError::StaleEpoch {
+            volume: name,
+            given: epoch,
+            current: volume.epoch,
+        });
+    }
+    let others_up = volume
+        .legs
+        .iter()
+        .filter(|other| other.id != leg && other.state == LegState::UpToDate)
+        .count();
+    let target = volume.leg_mut(leg).ok_or(VolumeError::NoSuchLeg {
+        volume: name.clone(),
+        leg,
+    })?;
+    if state != LegState::UpToDate && target.state == LegState::UpToDate && others_up == 0 {
+        return Err(VolumeError::LastUpToDate { volume: name });
+    }
+    target.state = state;
+    Ok(format!(
+        "volume {name} leg {leg} is now {} (epoch {epoch})",
+        state.as_str()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legs() -> Vec<LegSpec> {
+        vec![
+            LegSpec {
+                nodes: vec![1],
+                path: "/dev/a".into(),
+            },
+            LegSpec {
+                nodes: vec![2, 3],
+                path: "/dev/shared".into(),
+            },
+        ]
+    }
+
+    fn volume() -> VolumeInfo {
+        new_volume(1, "db", 1 << 20, &legs())
+    }
+
+    #[test]
+    fn new_volumes_are_checked_and_the_first_leg_holds_the_data() {
+        let members = |node: NodeId| node <= 3;
+        assert!(check_new_volume("db", 1 << 20, &legs(), members).is_ok());
+        assert!(matches!(
+            check_new_volume("d b", 1 << 20, &legs(), members),
+            Err(VolumeError::BadName(_))
+        ));
+        assert!(matches!(
+            check_new_volume("db", 1000, &legs(), members),
+            Err(VolumeError::BadSize { .. })
+        ));
+        assert!(matches!(
+            check_new_volume("db", 1 << 20, &legs(), |node| node <= 2),
+            Err(VolumeError::BadLeg { leg: 1, .. })
+        ));
+        let mut twice = legs();
+        twice[1].nodes = vec![1];
+        assert!(matches!(
+            check_new_volume("db", 1 << 20, &twice, members),
+            Err(VolumeError::BadLeg { leg: 1, .. })
+        ));
+        let volume = volume();
+        assert_eq!(volume.legs[0].state, LegState::UpToDate);
+        assert_eq!(volume.legs[1].state, LegState::Inconsistent);
+        assert_eq!(volume.leg_of(3).map(|leg| leg.id), Some(1));
+    }
+
+    #[test]
+    fn promotion_needs_an_up_to_date_leg_and_raises_the_epoch() {
+        let mut volume = volume();
+        let refused = promote(&mut volume, 2, false).unwrap_err();
+        assert!(refused.to_string().contains("leg 1 is Inconsistent"), "{refused}");
+        assert_eq!((volume.epoch, volume.primary), (0, None));
+        promote(&mut volume, 1, false).unwrap();
+        assert_eq!((volume.epoch, volume.primary), (1, Some(1)));
+        assert!(matches!(
+            promote(&mut volume, 9, false),
+            Err(VolumeError::NoLegOnNode { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_unless_forced_and_force_is_recorded() {
+        let mut volume = volume();
+        promote(&mut volume, 1, false).unwrap();
+        set_leg_state(&mut volume, 1, LegState::UpToDate, 1).unwrap();
+        assert!(matches!(
+            promote(&mut volume, 2, false),
+            Err(VolumeError::InUse { node: 1, .. })
+        ));
+        set_leg_state(&mut volume, 1, LegState::Outdated, 1).unwrap();
+        promote(&mut volume, 2, true).unwrap();
+        assert_eq!(volume.primary, Some(2));
+        assert_eq!(volume.forced.len(), 1);
+        assert_eq!(volume.forced[0].was, LegState::Outdated);
+        assert_eq!(volume.legs[0].state, LegState::Outdated);
+        assert_eq!(volume.legs[1].state, LegState::UpToDate);
+    }
+
+    #[test]
+    fn leg_state_changes_are_epoch_guarded_and_keep_one_up_to_date_leg() {
+        let mut volume = volume();
+        promote(&mut volume, 1, false).unwrap();
+        assert!(matches!(
+            set_leg_state(&mut volume, 1, LegState::UpToDate, 0),
+            Err(VolumeError::StaleEpoch { given: 0, current: 1, .. })
+        ));
+        assert!(matches!(
+            set_leg_state(&mut volume, 0, LegState::Outdated, 1),
+            Err(VolumeError::LastUpToDate { .. })
+        ));
+        assert!(matches!(
+            set_leg_state(&mut volume, 7, LegState::Outdated, 1),
+            Err(VolumeError::NoSuchLeg { leg: 7, .. })
+        ));
+    }
+}

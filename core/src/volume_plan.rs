@@ -1,0 +1,131 @@
+//! What the volume commands mean: operator words (names) to committed changes (ids), and the
+//! volume status model. Kept apart from `node.rs` so the Raft node stays about Raft.
+
+use crate::command::{Command, LegRequest, LegStatus, Reply, VolumeStatus};
+use crate::ids::NodeId;
+use crate::node::Plan;
+use crate::state::{ClusterState, StateChange};
+use crate::volume::{LegSpec, VolumeChange, VolumeInfo};
+
+/// The plan for a volume command, or `None` when `command` is not about volumes.
+pub fn plan(state: &ClusterState, command: &Command) -> Option<Plan> {
+    let plan = match command {
+        Command::VolumeCreate { name, size, legs } => create(state, name, *size, legs),
+        Command::VolumeList => Ok(Plan::Answer(Reply::Volumes {
+            volumes: state.volumes.values().map(|v| status(state, v)).collect(),
+        })),
+        Command::VolumeShow { name } => volume(state, name).map(|v| {
+            Plan::Answer(Reply::Volumes {
+                volumes: vec![status(state, v)],
+            })
+        }),
+        Command::VolumePromote { name, node, force } => promote(state, name, node, *force),
+        Command::VolumeDemote { name } => volume(state, name).map(|v| {
+            change(VolumeChange::Demote {
+                volume: v.id,
+                epoch: v.epoch,
+            })
+        }),
+        Command::VolumeDelete { name } => {
+            volume(state, name).map(|v| change(VolumeChange::Delete { volume: v.id }))
+        }
+        _ => return None,
+    };
+    Some(plan.unwrap_or_else(|message| Plan::Answer(Reply::Refused { message })))
+}
+
+fn change(change: VolumeChange) -> Plan {
+    Plan::Propose(StateChange::Volume(change))
+}
+
+fn volume<'a>(state: &'a ClusterState, name: &str) -> Result<&'a VolumeInfo, String> {
+    state
+        .volume_by_name(name)
+        .ok_or_else(|| format!("no volume named {name:?} in this cluster"))
+}
+
+fn node_id(state: &ClusterState, name: &str) -> Result<NodeId, String> {
+    state
+        .node_by_name(name)
+        .map(|node| node.id)
+        .ok_or_else(|| format!("no node named {name:?} in this cluster"))
+}
+
+fn promote(state: &ClusterState, name: &str, node: &str, force: bool) -> Result<Plan, String> {
+    let volume = volume(state, name)?;
+    let node = node_id(state, node)?;
+    let change = StateChange::Volume(VolumeChange::Promote {
+        volume: volume.id,
+        node,
+        force,
+    });
+    state.validate(&change).map_err(|error| error.to_string())?;
+    Ok(Plan::Propose(change))
+}
+
+fn create(
+    state: &ClusterState,
+    name: &str,
+    size: u64,
+    legs: &[LegRequest],
+) -> Result<Plan, String> {
+    let mut specs = Vec::with_capacity(legs.len());
+    for leg in legs {
+        let nodes = leg
+            .nodes
+            .iter()
+            .map(|node| node_id(state, node))
+            .collect::<Result<Vec<_>, _>>()?;
+        specs.push(LegSpec {
+            nodes,
+            path: leg.path.clone(),
+        });
+    }
+    let change = StateChange::Volume(VolumeChange::Create {
+        name: name.to_string(),
+        size,
+        legs: specs,
+    });
+    state.validate(&change).map_err(|error| error.to_string())?;
+    Ok(Plan::Propose(change))
+}
+
+/// The status model of one volume, with node names resolved.
+pub fn status(state: &ClusterState, volume: &VolumeInfo) -> VolumeStatus {
+    let name_of = |id: NodeId| {
+        state
+            .nodes
+            .get(&id)
+            .map_or_else(|| format!("#{id}"), |node| node.name.clone())
+    };
+    VolumeStatus {
+        id: volume.id,
+        name: volume.name.clone(),
+        size: volume.size,
+        primary: volume.primary.map(name_of),
+        epoch: volume.epoch,
+        legs: volume
+            .legs
+            .iter()
+            .map(|leg| LegStatus {
+                id: leg.id,
+                nodes: leg.nodes.iter().map(|&id| name_of(id)).collect(),
+                path: leg.path.clone(),
+                state: leg.state.as_str().to_string(),
+            })
+            .collect(),
+        forced: volume
+            .forced
+            .iter()
+            .map(|force| {
+                format!(
+                    "epoch {}: node {} forced onto leg {} (was {})",
+                    force.epoch,
+                    name_of(force.node),
+                    force.leg,
+                    force.was.as_str()
+                )
+            })
+            .collect(),
+    }
+}
