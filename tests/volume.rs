@@ -19,7 +19,12 @@ fn volumes_are_created_listed_promoted_and_deleted_through_the_cluster() {
     let a = &cluster.node("a").dir;
     let leg_a = format!("a:{}", cluster.root.join("a.img").display());
     let leg_b = format!("b:{}", cluster.root.join("b.img").display());
-    let output = cli(a, &["volume", "create", "db", "--size", "64M", "--leg", &leg_a, "--leg", &leg_b]);
+    let output = cli(
+        a,
+        &[
+            "volume", "create", "db", "--size", "64M", "--leg", &leg_a, "--leg", &leg_b,
+        ],
+    );
     assert!(output.status.success(), "{}", text(&output));
 
     // Every node sees the committed volume; the first leg holds the data, the second syncs.
@@ -36,7 +41,11 @@ fn volumes_are_created_listed_promoted_and_deleted_through_the_cluster() {
     // Promotion onto the Inconsistent leg is refused, naming the leg and its state.
     let output = cli(a, &["volume", "promote", "db", "--node", "b"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
-    assert!(text(&output).contains("leg 1 is Inconsistent"), "{}", text(&output));
+    assert!(
+        text(&output).contains("leg 1 is Inconsistent"),
+        "{}",
+        text(&output)
+    );
 
     let output = cli(a, &["volume", "promote", "db", "--node", "a"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -48,21 +57,33 @@ fn volumes_are_created_listed_promoted_and_deleted_through_the_cluster() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let output = cli(a, &["volume", "delete", "db"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
-    assert!(text(&output).contains("demote it first"), "{}", text(&output));
+    assert!(
+        text(&output).contains("demote it first"),
+        "{}",
+        text(&output)
+    );
 
     // --force is the disaster-recovery path: it works, and it is recorded and logged.
     let output = cli(a, &["volume", "promote", "db", "--node", "b", "--force"]);
     assert!(output.status.success(), "{}", text(&output));
     let shown = text(&cli(a, &["volume", "show", "db"]));
-    assert!(shown.contains("FORCED PROMOTION: epoch 2: node b forced onto leg 1 (was Inconsistent)"), "{shown}");
+    assert!(
+        shown.contains("FORCED PROMOTION: epoch 2: node b forced onto leg 1 (was Inconsistent)"),
+        "{shown}"
+    );
     assert!(shown.contains("primary b  epoch 2"), "{shown}");
-    wait_for("a loud log line", Duration::from_secs(5), || cluster.node("a").log().contains("FORCED").then_some(()));
+    wait_for("a loud log line", Duration::from_secs(5), || {
+        cluster.node("a").log().contains("FORCED").then_some(())
+    });
 
     let output = cli(a, &["volume", "demote", "db"]);
     assert!(output.status.success(), "{}", text(&output));
     let output = cli(a, &["volume", "delete", "db"]);
     assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(volumes(&cluster, "a")["volumes"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        volumes(&cluster, "a")["volumes"].as_array().map(Vec::len),
+        Some(0)
+    );
 }
 
 #[test]
@@ -70,21 +91,54 @@ fn bad_volume_requests_are_refused_with_what_and_where() {
     let cluster = TestCluster::form("badvol", &["a", "b"], &["w"]);
     let a = &cluster.node("a").dir;
     let cases: [(&[&str], i32, &str); 6] = [
-        (&["--size", "64M", "--leg", "a:/tmp/x", "--leg", "zz:/tmp/y"], 1, "no node named \"zz\""),
-        (&["--size", "64M", "--leg", "a:/tmp/x", "--leg", "w:/tmp/y"], 1, "node 3 is not a member"),
+        (
+            &["--size", "64M", "--leg", "a:/tmp/x", "--leg", "zz:/tmp/y"],
+            1,
+            "no node named \"zz\"",
+        ),
+        (
+            &["--size", "64M", "--leg", "a:/tmp/x", "--leg", "w:/tmp/y"],
+            1,
+            "node 3 is not a member",
+        ),
         (&["--size", "64Q", "--leg", "a:/tmp/x"], 2, "unknown unit"),
-        (&["--size", "1000", "--leg", "a:/tmp/x"], 1, "multiple of 4096"),
-        (&["--size", "64M", "--leg", "a:relative"], 2, "must be absolute"),
-        (&["--size", "64M", "--leg", "a:/tmp/x", "--leg", "a:/tmp/y"], 1, "already reaches another leg"),
+        (
+            &["--size", "1000", "--leg", "a:/tmp/x"],
+            1,
+            "multiple of 4096",
+        ),
+        (
+            &["--size", "64M", "--leg", "a:relative"],
+            2,
+            "must be absolute",
+        ),
+        (
+            &["--size", "64M", "--leg", "a:/tmp/x", "--leg", "a:/tmp/y"],
+            1,
+            "already reaches another leg",
+        ),
     ];
     for (args, code, message) in cases {
         let mut full = vec!["volume", "create", "v"];
         full.extend_from_slice(args);
         let output = cli(a, &full);
-        assert_eq!(output.status.code(), Some(code), "{full:?}: {}", text(&output));
-        assert!(text(&output).contains(message), "{full:?}: {}", text(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{full:?}: {}",
+            text(&output)
+        );
+        assert!(
+            text(&output).contains(message),
+            "{full:?}: {}",
+            text(&output)
+        );
     }
     let output = cli(a, &["volume", "show", "nope"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output).contains("no volume named \"nope\""), "{}", text(&output));
+    assert!(
+        text(&output).contains("no volume named \"nope\""),
+        "{}",
+        text(&output)
+    );
 }

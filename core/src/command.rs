@@ -86,18 +86,28 @@ impl std::str::FromStr for LegRequest {
 /// Parses a size such as `4096`, `512M`, `10G` or `1T` (binary units).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let number: u64 = digits
         .parse()
         .map_err(|_| format!("size {text:?}: expected a number with an optional K, M, G or T"))?;
-    let shift = match unit.trim_end_matches(['i', 'B']).to_ascii_uppercase().as_str() {
+    let shift = match unit
+        .trim_end_matches(['i', 'B'])
+        .to_ascii_uppercase()
+        .as_str()
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
         "G" => 30,
         "T" => 40,
-        _ => return Err(format!("size {text:?}: unknown unit {unit:?} (use K, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "size {text:?}: unknown unit {unit:?} (use K, M, G or T)"
+            ))
+        }
     };
     number
         .checked_mul(1 << shift)
@@ -203,13 +213,18 @@ mod tests {
         assert_eq!(leg.nodes, ["n1", "n2"]);
         assert_eq!(leg.path, "/dev/mapper/x");
         assert!("n1".parse::<LegRequest>().unwrap_err().contains("NODE"));
-        assert!("n1:rel".parse::<LegRequest>().unwrap_err().contains("absolute"));
+        assert!("n1:rel"
+            .parse::<LegRequest>()
+            .unwrap_err()
+            .contains("absolute"));
         assert!(",:/x".parse::<LegRequest>().unwrap_err().contains("empty"));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("512M"), Ok(512 << 20));
         assert_eq!(parse_size("2GiB"), Ok(2 << 30));
         assert!(parse_size("12X").unwrap_err().contains("unknown unit"));
         assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
     }
 }

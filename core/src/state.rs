@@ -282,7 +282,9 @@ impl ClusterState {
     }
 
     fn volume_mut(&mut self, id: VolumeId) -> Result<&mut VolumeInfo, VolumeError> {
-        self.volumes.get_mut(&id).ok_or(VolumeError::NoSuchVolume(id))
+        self.volumes
+            .get_mut(&id)
+            .ok_or(VolumeError::NoSuchVolume(id))
     }
 
     fn apply_volume(&mut self, change: &VolumeChange) -> Result<String, ApplyError> {
@@ -310,7 +312,9 @@ impl ClusterState {
                 }
                 let name = info.name.clone();
                 self.volumes.remove(volume);
-                Ok(format!("volume {name} deleted (leg contents left in place)"))
+                Ok(format!(
+                    "volume {name} deleted (leg contents left in place)"
+                ))
             }
             VolumeChange::Promote {
                 volume,

@@ -414,7 +414,10 @@ mod tests {
     fn promotion_needs_an_up_to_date_leg_and_raises_the_epoch() {
         let mut volume = volume();
         let refused = promote(&mut volume, 2, false).unwrap_err();
-        assert!(refused.to_string().contains("leg 1 is Inconsistent"), "{refused}");
+        assert!(
+            refused.to_string().contains("leg 1 is Inconsistent"),
+            "{refused}"
+        );
         assert_eq!((volume.epoch, volume.primary), (0, None));
         promote(&mut volume, 1, false).unwrap();
         assert_eq!((volume.epoch, volume.primary), (1, Some(1)));
@@ -448,7 +451,11 @@ mod tests {
         promote(&mut volume, 1, false).unwrap();
         assert!(matches!(
             set_leg_state(&mut volume, 1, LegState::UpToDate, 0),
-            Err(VolumeError::StaleEpoch { given: 0, current: 1, .. })
+            Err(VolumeError::StaleEpoch {
+                given: 0,
+                current: 1,
+                ..
+            })
         ));
         assert!(matches!(
             set_leg_state(&mut volume, 0, LegState::Outdated, 1),

@@ -21,6 +21,7 @@ use crate::raftlog::DurableLog;
 use crate::statedir::StateDir;
 use crate::token::JoinToken;
 use crate::transport::{self, Inbound, Links, LocalIdentity, PeerAddress};
+use crate::volumes::VolumeHost;
 
 /// A proposal that is not committed within this time is answered with a refusal.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,6 +90,9 @@ struct Daemon {
     synced_at: Option<u64>,
     /// Nodes removed from the state, with when the link to them is finally dropped.
     departed: HashMap<NodeId, (PeerAddress, Instant)>,
+    volumes: VolumeHost,
+    /// The applied index the volume frontends were last reconciled at.
+    volumes_at: Option<u64>,
 }
 
 /// Maps the config file's optional timing overrides onto the defaults.
@@ -167,6 +171,8 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         waiting: HashMap::new(),
         synced_at: None,
         departed: HashMap::new(),
+        volumes: VolumeHost::new(identity.node_id, dir.root()),
+        volumes_at: None,
     };
     tracing::info!(
         "node {} (id {}) of cluster {} serving on {}",
@@ -374,6 +380,11 @@ impl Daemon {
             }
         }
         self.sync_links();
+        let applied = self.core.applied_index();
+        if self.volumes_at != Some(applied) {
+            self.volumes_at = Some(applied);
+            self.volumes.reconcile(self.core.state());
+        }
         Ok(())
     }
 

@@ -115,11 +115,13 @@ async fn serve_connection(
         Ok(identity) if identity.cluster == me.cluster => {
             format!("{} ({addr})", identity.node_name)
         }
-        Ok(identity) => return tracing::warn!(
+        Ok(identity) => {
+            return tracing::warn!(
             "refused connection from {addr}: its certificate names cluster {}, this is cluster {}",
             identity.cluster,
             me.cluster
-        ),
+        )
+        }
         Err(error) => return tracing::warn!("refused connection from {addr}: {error}"),
     };
     read_frames(tls, peer, me, inbound).await;

@@ -18,9 +18,16 @@ pub fn tandem_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join("tandem");
-    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        bin.display()
+    );
     bin
 }
 
@@ -57,7 +64,10 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
         if let Some(value) = check() {
             return value;
         }
-        assert!(start.elapsed() < limit, "gave up after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "gave up after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -99,11 +109,18 @@ pub struct TestCluster {
 impl TestCluster {
     pub fn new(label: &str) -> TestCluster {
         let serial = NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst);
-        let root = std::env::temp_dir().join(format!("tandem-test-{label}-{}-{serial}", std::process::id()));
+        let root = std::env::temp_dir().join(format!(
+            "tandem-test-{label}-{}-{serial}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).expect("create test root");
         let ip_prefix = format!("127.{}.{}", std::process::id() % 250 + 1, serial % 250 + 1);
-        TestCluster { root, nodes: Vec::new(), ip_prefix }
+        TestCluster {
+            root,
+            nodes: Vec::new(),
+            ip_prefix,
+        }
     }
 
     fn next_addr(&self) -> String {
@@ -112,11 +129,17 @@ impl TestCluster {
     }
 
     pub fn node(&self, name: &str) -> &TestNode {
-        self.nodes.iter().find(|n| n.name == name).expect("known node")
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("known node")
     }
 
     fn node_mut(&mut self, name: &str) -> &mut TestNode {
-        self.nodes.iter_mut().find(|n| n.name == name).expect("known node")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("known node")
     }
 
     /// `tandem init` of the first node (not started).
@@ -124,7 +147,12 @@ impl TestCluster {
         let addr = self.next_addr();
         let dir = self.root.join(name);
         let output = cli(&dir, &["init", "--name", name, "--listen", &addr]);
-        self.nodes.push(TestNode { name: name.into(), dir, addr, child: None });
+        self.nodes.push(TestNode {
+            name: name.into(),
+            dir,
+            addr,
+            child: None,
+        });
         output
     }
 
@@ -166,13 +194,24 @@ impl TestCluster {
         let addr = self.next_addr();
         let dir = self.root.join(name);
         let peer = self.node(via).addr.clone();
-        let mut args = vec!["join", "--name", name, "--listen", &addr, "--peer", &peer, "--token", &token];
+        let mut args = vec![
+            "join", "--name", name, "--listen", &addr, "--peer", &peer, "--token", &token,
+        ];
         if witness {
             args.push("--witness");
         }
         let output = cli(&dir, &args);
-        assert!(output.status.success(), "join of {name} failed: {}", text(&output));
-        self.nodes.push(TestNode { name: name.into(), dir, addr, child: None });
+        assert!(
+            output.status.success(),
+            "join of {name} failed: {}",
+            text(&output)
+        );
+        self.nodes.push(TestNode {
+            name: name.into(),
+            dir,
+            addr,
+            child: None,
+        });
         self.start(name);
     }
 
@@ -198,18 +237,28 @@ impl TestCluster {
 
     /// Waits until `name` sees a leader; returns the leader's id.
     pub fn wait_leader(&self, name: &str) -> u64 {
-        wait_for(&format!("a leader seen by {name}"), Duration::from_secs(20), || {
-            self.node(name).status()?["leader"].as_u64()
-        })
+        wait_for(
+            &format!("a leader seen by {name}"),
+            Duration::from_secs(20),
+            || self.node(name).status()?["leader"].as_u64(),
+        )
     }
 
     /// Waits until `name` sees `count` nodes online.
     pub fn wait_online(&self, name: &str, count: usize) -> Value {
-        wait_for(&format!("{count} nodes online as seen by {name}"), Duration::from_secs(30), || {
-            let status = self.node(name).status()?;
-            let online = status["nodes"].as_array()?.iter().filter(|n| n["online"] == true).count();
-            (online == count).then_some(status)
-        })
+        wait_for(
+            &format!("{count} nodes online as seen by {name}"),
+            Duration::from_secs(30),
+            || {
+                let status = self.node(name).status()?;
+                let online = status["nodes"]
+                    .as_array()?
+                    .iter()
+                    .filter(|n| n["online"] == true)
+                    .count();
+                (online == count).then_some(status)
+            },
+        )
     }
 
     /// The name of node `id`.

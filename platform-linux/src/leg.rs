@@ -1,0 +1,190 @@
+//! A leg on this node: the file, partition or block device that holds one copy of a volume.
+//!
+//! Exists so every byte the data path touches goes through one small type with honest
+//! durability: `write` is accepted into the page cache (the volatile write cache of DESIGN.md
+//! §5), `flush` and FUA writes reach the medium with `fdatasync`. Opening checks the leg is big
+//! enough and creates a missing file sparse, naming the path in every error.
+//!
+//! Blocking calls: callers on the async runtime wrap them in `block_in_place`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Why a leg cannot be used; every variant names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum LegError {
+    #[error("leg {path}: cannot open: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("leg {path}: it holds {actual} bytes, the volume needs {needed}")]
+    TooSmall {
+        path: PathBuf,
+        actual: u64,
+        needed: u64,
+    },
+    #[error("leg {path}: {what} is not a file or block device")]
+    NotADisk { path: PathBuf, what: String },
+}
+
+/// An open leg of `size` bytes.
+pub struct Leg {
+    file: File,
+    path: PathBuf,
+    size: u64,
+}
+
+impl Leg {
+    /// Opens (or creates, sparse) the leg at `path` for a volume of `size` bytes.
+    pub fn open(path: &Path, size: u64) -> Result<Leg, LegError> {
+        let open_error = |source| LegError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(open_error)?;
+        let kind = file.metadata().map_err(open_error)?.file_type();
+        let actual = if kind.is_file() {
+            let len = file.metadata().map_err(open_error)?.len();
+            if len < size {
+                file.set_len(size).map_err(open_error)?;
+            }
+            size.max(len)
+        } else if kind.is_block_device() {
+            block_device_size(&file).map_err(open_error)?
+        } else {
+            return Err(LegError::NotADisk {
+                path: path.to_path_buf(),
+                what: format!("{kind:?}"),
+            });
+        };
+        if actual < size {
+            return Err(LegError::TooSmall {
+                path: path.to_path_buf(),
+                actual,
+                needed: size,
+            });
+        }
+        Ok(Leg {
+            file,
+            path: path.to_path_buf(),
+            size,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn read(&self, offset: u64, length: usize) -> io::Result<Vec<u8>> {
+        let mut data = vec![0u8; length];
+        self.file.read_exact_at(&mut data, offset)?;
+        Ok(data)
+    }
+
+    /// Writes into the volatile cache; with `fua`, durable before returning.
+    pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        self.file.write_all_at(data, offset)?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every write accepted so far durable.
+    pub fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Zeroes a range: deallocated when `may_trim`, else allocated zeros.
+    pub fn write_zeroes(&self, offset: u64, length: u64, may_trim: bool) -> io::Result<()> {
+        let mode = if may_trim {
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+        };
+        if fallocate(&self.file, mode, offset, length).is_ok() {
+            return Ok(());
+        }
+        self.write_zero_buffers(offset, length)
+    }
+
+    /// Discards a range; the contents read afterwards are unspecified (NBD TRIM).
+    pub fn trim(&self, offset: u64, length: u64) -> io::Result<()> {
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // A leg that cannot punch holes just keeps the data: TRIM is advisory.
+        let _ = fallocate(&self.file, mode, offset, length);
+        Ok(())
+    }
+
+    fn write_zero_buffers(&self, offset: u64, length: u64) -> io::Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK as usize];
+        let mut done = 0;
+        while done < length {
+            let step = CHUNK.min(length - done);
+            self.file
+                .write_all_at(&zeros[..step as usize], offset + done)?;
+            done += step;
+        }
+        Ok(())
+    }
+}
+
+fn fallocate(file: &File, mode: i32, offset: u64, length: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate on a valid, open file descriptor with plain integer arguments.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, length) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn block_device_size(file: &File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut handle = file.try_clone()?;
+    handle.seek(SeekFrom::End(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_leg_is_created_sparse_and_round_trips_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leg.img");
+        let leg = Leg::open(&path, 1 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+        leg.write(4096, &[7u8; 4096], true).unwrap();
+        assert_eq!(leg.read(4096, 4096).unwrap(), vec![7u8; 4096]);
+        leg.write_zeroes(4096, 4096, false).unwrap();
+        assert_eq!(leg.read(4096, 4096).unwrap(), vec![0u8; 4096]);
+        leg.flush().unwrap();
+    }
+
+    #[test]
+    fn bad_legs_are_refused_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing_dir = dir.path().join("no/such/dir/leg.img");
+        let error = Leg::open(&missing_dir, 4096).err().unwrap().to_string();
+        assert!(error.contains("no/such/dir/leg.img"), "{error}");
+        let error = Leg::open(dir.path(), 4096).err().unwrap().to_string();
+        assert!(error.contains(&dir.path().display().to_string()), "{error}");
+    }
+}
