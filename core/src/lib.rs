@@ -15,6 +15,7 @@ pub use ids::{ClusterId, NodeId, ParseClusterIdError};
 pub mod codec;
 pub mod command;
 pub mod lease;
+pub mod legmeta;
 pub mod nbd;
 pub mod node;
 pub mod state;
