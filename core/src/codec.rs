@@ -23,6 +23,7 @@ const KIND_RAFT: u8 = 1;
 const KIND_PING: u8 = 2;
 const KIND_PONG: u8 = 3;
 const KIND_EVICTED: u8 = 4;
+const KIND_OPEN_REPLICATION: u8 = 5;
 
 /// A liveness and lease probe, sent by every node to every other node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +53,11 @@ pub enum PeerMessage {
     /// "You were removed from this cluster": the answer to a ping from a removed node, which
     /// otherwise never learns of its removal (the leader stops replicating to it).
     Evicted,
+    /// The first and only cluster frame of a connection that from now on carries the
+    /// replication protocol of `volume` (its own frames, `replication::wire`) both ways.
+    OpenReplication {
+        volume: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -102,6 +108,9 @@ pub fn encode(cluster: ClusterId, frame: &Frame) -> Vec<u8> {
             words(&[pong.seq, pong.term, pong.leader_with_lease as u64]),
         ),
         PeerMessage::Evicted => (KIND_EVICTED, Vec::new()),
+        PeerMessage::OpenReplication { volume } => {
+            (KIND_OPEN_REPLICATION, volume.to_be_bytes().to_vec())
+        }
     };
     let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
     bytes.extend_from_slice(&MAGIC);
@@ -220,6 +229,15 @@ fn decode_payload(
             kind: "evicted",
             reason: format!("{} bytes, expected none", payload.len()),
         }),
+        KIND_OPEN_REPLICATION => {
+            let volume: [u8; 8] = payload.try_into().map_err(|_| FrameError::BadPayload {
+                kind: "open-replication",
+                reason: format!("{} bytes, expected 8", payload.len()),
+            })?;
+            Ok(PeerMessage::OpenReplication {
+                volume: u64::from_be_bytes(volume),
+            })
+        }
         kind => Err(FrameError::UnknownKind { kind }),
     }
 }
@@ -292,6 +310,11 @@ mod tests {
                 from: 1,
                 to: 2,
                 message: PeerMessage::Evicted,
+            },
+            Frame {
+                from: 1,
+                to: 2,
+                message: PeerMessage::OpenReplication { volume: 7 },
             },
         ];
         for frame in frames {

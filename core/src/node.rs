@@ -71,6 +71,8 @@ pub enum ProposeError {
     NoLeader,
     #[error("this node was removed from the cluster")]
     Removed,
+    #[error("another membership change is still being committed; try again in a moment")]
+    MembershipChangePending,
     #[error("raft refused the proposal: {0}")]
     Raft(String),
 }
@@ -145,8 +147,28 @@ pub struct NodeCore {
     /// Node ids handed to joins proposed here but not applied yet.
     reserved_id: NodeId,
     actions: Vec<Action>,
+    /// Our own source for election timeouts (raft-rs would use the OS's), so that a seeded
+    /// simulation replays exactly; the daemon seeds it randomly.
+    election_rng: SplitMix64,
+    /// (role, term, timeout) when we last chose the election timeout.
+    election_key: (StateRole, u64, usize),
+    /// Followers a snapshot was handed to the shim for, to report once the Ready is done.
+    snapshots_sent: Vec<NodeId>,
     #[cfg(feature = "mutations")]
     pub mutations: Mutations,
+}
+
+/// A tiny deterministic random source (SplitMix64) for election timeouts.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
 }
 
 /// The durable state of a brand-new cluster founded by `first` (log index 1 is a snapshot).
@@ -201,7 +223,11 @@ impl NodeCore {
         let store = LogStore::from_durable(durable);
         let raw =
             RawNode::new(&config, store, &logger).map_err(|e| RestoreError::Raft(e.to_string()))?;
-        Ok(NodeCore {
+        let mut seed = id ^ now.rotate_left(32);
+        for byte in cluster.0 {
+            seed = seed.rotate_left(8) ^ u64::from(byte);
+        }
+        let mut core = NodeCore {
             id,
             cluster,
             timing,
@@ -219,9 +245,36 @@ impl NodeCore {
             pending: VecDeque::new(),
             seen_role: (StateRole::Follower, 0),
             actions: Vec::new(),
+            election_rng: SplitMix64(seed),
+            election_key: (StateRole::Follower, u64::MAX, 0),
+            snapshots_sent: Vec::new(),
             #[cfg(feature = "mutations")]
             mutations: Mutations::default(),
-        })
+        };
+        core.choose_election_timeout();
+        Ok(core)
+    }
+
+    /// Reseeds the election-timeout source: the daemon passes OS randomness, the simulator a
+    /// seeded value. Nodes must not share a seed, or their elections collide.
+    pub fn seed_elections(&mut self, seed: u64) {
+        self.election_rng = SplitMix64(seed);
+        self.election_key = (StateRole::Follower, u64::MAX, 0);
+        self.choose_election_timeout();
+    }
+
+    /// Replaces raft-rs's election timeout (drawn from the OS) with one from our own source
+    /// whenever raft-rs resets it, keeping it in raft-rs's range [min, 2·min).
+    fn choose_election_timeout(&mut self) {
+        let raft = &self.raw.raft;
+        let key = (raft.state, raft.term, raft.randomized_election_timeout());
+        if key == self.election_key {
+            return;
+        }
+        let min = self.timing.election_ticks.max(1);
+        let timeout = min + (self.election_rng.next() % min as u64) as usize;
+        self.raw.raft.set_randomized_election_timeout(timeout);
+        self.election_key = (key.0, key.1, timeout);
     }
 
     pub fn id(&self) -> NodeId {
@@ -331,6 +384,10 @@ impl NodeCore {
             PeerMessage::Ping(ping) => self.answer_ping(frame.from, ping),
             PeerMessage::Pong(pong) => self.on_pong(frame.from, pong),
             PeerMessage::Evicted => self.on_evicted(frame.from),
+            PeerMessage::OpenReplication { volume } => self.note(format!(
+                "node {} opened replication of volume {volume} on the cluster link; ignored",
+                frame.from
+            )),
         }
         self.after_input();
         Ok(())
@@ -346,6 +403,10 @@ impl NodeCore {
             return Err(ProposeError::NoLeader);
         }
         let conf_change = conf_change_for(&self.state, &change);
+        if conf_change.is_some() && self.is_leader() && self.raw.raft.has_pending_conf() {
+            // raft-rs would turn it into an empty entry, and the proposer would never hear back.
+            return Err(ProposeError::MembershipChangePending);
+        }
         let proposal = Proposal {
             origin: self.id,
             request,
@@ -599,10 +660,20 @@ impl NodeCore {
     fn after_input(&mut self) {
         for _ in 0..MAX_READY_ROUNDS {
             if !self.raw.has_ready() {
-                break;
+                if self.snapshots_sent.is_empty() {
+                    break;
+                }
+                // A snapshot handed to the shim counts as sent. If it is lost, the follower
+                // rejects the next append and the leader sends another; without this report
+                // raft-rs would wait for the follower forever.
+                for to in std::mem::take(&mut self.snapshots_sent) {
+                    self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+                }
+                continue;
             }
             self.handle_ready();
         }
+        self.choose_election_timeout();
         self.notice_role_change();
     }
 
@@ -701,8 +772,14 @@ impl NodeCore {
     }
 
     fn send_raft(&mut self, messages: Vec<RaftMessage>) {
-        for message in messages {
+        for mut message in messages {
             let to = message.to;
+            if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                self.snapshots_sent.push(to);
+            }
+            // raft-rs keeps the original sender in a proposal it forwards again; the frame
+            // says who sends it, and the receiver checks that the two agree.
+            message.from = self.id;
             self.send(to, PeerMessage::Raft(message));
         }
     }

@@ -136,7 +136,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         entries: recovered.entries,
     };
     let started = Instant::now();
-    let core = NodeCore::restore(
+    let mut core = NodeCore::restore(
         identity.cluster,
         identity.node_id,
         durable,
@@ -144,6 +144,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         0,
     )
     .with_context(|| format!("cannot start node from {}", dir.raft_dir().display()))?;
+    core.seed_elections(rand::random());
     let listener = transport::listen(&config.listen).await?;
     let control_listener = control::bind(&dir.control_socket_path()).await?;
     let me = LocalIdentity {
@@ -167,7 +168,9 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         ca_fingerprint: pki::ca_fingerprint(&ca.cert_pem)?,
         ca,
         bootstrap_peers: read_bootstrap_peers(&dir),
-        next_request: 1,
+        // Entries applied again after a restart carry request numbers from the previous run;
+        // starting at a random number keeps them from completing a new caller's request.
+        next_request: rand::random::<u64>() >> 1,
         waiting: HashMap::new(),
         synced_at: None,
         departed: HashMap::new(),
@@ -254,6 +257,14 @@ impl Daemon {
                 }
             }
             Inbound::Join { request, reply } => self.on_join(request, reply),
+            Inbound::Replication {
+                from,
+                volume,
+                peer,
+                stream,
+            } => self
+                .volumes
+                .accept_replication(self.core.state(), from, volume, &peer, stream),
         }
     }
 

@@ -142,6 +142,36 @@ impl Leg {
     }
 }
 
+impl crate::volume_io::VolumeIo for Leg {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&self, offset: u64, length: usize) -> io::Result<Vec<u8>> {
+        Leg::read(self, offset, length)
+    }
+
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        Leg::write(self, offset, data, fua)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Leg::flush(self)
+    }
+
+    fn write_zeroes(&self, offset: u64, length: u64, may_trim: bool) -> io::Result<()> {
+        Leg::write_zeroes(self, offset, length, may_trim)
+    }
+
+    fn trim(&self, offset: u64, length: u64) -> io::Result<()> {
+        Leg::trim(self, offset, length)
+    }
+
+    fn describe(&self) -> String {
+        format!("leg {}", self.path.display())
+    }
+}
+
 fn fallocate(file: &File, mode: i32, offset: u64, length: u64) -> io::Result<()> {
     let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));

@@ -13,4 +13,5 @@ pub mod setup;
 pub mod statedir;
 pub mod token;
 pub mod transport;
+pub mod volume_io;
 pub mod volumes;

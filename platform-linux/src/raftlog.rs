@@ -161,7 +161,11 @@ fn decode_header(
         return Err(corrupt(path, bytes.len() as u64, reason));
     }
     if bytes[..8] != magic {
-        return Err(corrupt(path, 0, "bad magic: not a tandem raft file of this kind"));
+        return Err(corrupt(
+            path,
+            0,
+            "bad magic: not a tandem raft file of this kind",
+        ));
     }
     let stored_crc = le_u32(bytes, HEADER_LEN - 4);
     if crc32c::crc32c(&bytes[..HEADER_LEN - 4]) != stored_crc {
@@ -205,7 +209,10 @@ fn encode_record(
         .filter(|len| *len <= max_len)
         .ok_or_else(|| LogError::Invalid {
             path: path.to_path_buf(),
-            reason: format!("a record of {} bytes exceeds the {max_len}-byte limit", payload.len()),
+            reason: format!(
+                "a record of {} bytes exceeds the {max_len}-byte limit",
+                payload.len()
+            ),
         })?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&record_crc(len, kind, payload).to_le_bytes());
@@ -274,7 +281,11 @@ fn scan_records<'a>(
                     torn_at: Some(offset),
                 });
             }
-            return Err(corrupt(path, offset, "checksum mismatch in a complete record"));
+            return Err(corrupt(
+                path,
+                offset,
+                "checksum mismatch in a complete record",
+            ));
         }
         records.push(Record {
             offset,
@@ -329,9 +340,8 @@ fn read_snapshot(path: &Path, cluster: ClusterId) -> Result<Option<StoredSnapsho
             return Err(corrupt(path, record.offset, reason));
         }
     };
-    let snapshot = Snapshot::parse_from_bytes(record.payload).map_err(|err| {
-        corrupt(path, record.offset, format!("undecodable snapshot: {err}"))
-    })?;
+    let snapshot = Snapshot::parse_from_bytes(record.payload)
+        .map_err(|err| corrupt(path, record.offset, format!("undecodable snapshot: {err}")))?;
     let index = snapshot.get_metadata().index;
     if index != base {
         let reason = format!("header says snapshot index {base}, the snapshot says {index}");
@@ -395,7 +405,11 @@ fn replay(
                 let next = entries.last().map(|last| last.index + 1);
                 if let Some(next) = next.or(floor.map(|floor| floor + 1)) {
                     if entry.index > next {
-                        let reason = format!("entry {} leaves a gap after entry {}", entry.index, next - 1);
+                        let reason = format!(
+                            "entry {} leaves a gap after entry {}",
+                            entry.index,
+                            next - 1
+                        );
                         return Err(corrupt(path, record.offset, reason));
                     }
                 }
@@ -528,11 +542,23 @@ impl DurableLog {
         let mut buf = Vec::new();
         if let Some(hard_state) = hard_state {
             let payload = encode_message(&self.log_path, hard_state)?;
-            encode_record(&mut buf, &self.log_path, KIND_HARD_STATE, &payload, MAX_RECORD_LEN)?;
+            encode_record(
+                &mut buf,
+                &self.log_path,
+                KIND_HARD_STATE,
+                &payload,
+                MAX_RECORD_LEN,
+            )?;
         }
         for entry in entries {
             let payload = encode_message(&self.log_path, entry)?;
-            encode_record(&mut buf, &self.log_path, KIND_ENTRY, &payload, MAX_RECORD_LEN)?;
+            encode_record(
+                &mut buf,
+                &self.log_path,
+                KIND_ENTRY,
+                &payload,
+                MAX_RECORD_LEN,
+            )?;
         }
         if buf.is_empty() {
             return Ok(());
@@ -577,7 +603,12 @@ impl DurableLog {
             }
         }
         self.write_snapshot(snapshot, KIND_SNAPSHOT_COMPACTED)?;
-        let keep: Vec<Entry> = self.entries.iter().filter(|e| e.index > index).cloned().collect();
+        let keep: Vec<Entry> = self
+            .entries
+            .iter()
+            .filter(|e| e.index > index)
+            .cloned()
+            .collect();
         let hard_state = covering(self.hard_state.clone(), Some((index, term)));
         self.snapshot = Some((index, term));
         self.rewrite_log(index, &hard_state, &keep)
@@ -718,14 +749,20 @@ impl DurableLog {
     }
 
     fn write_durably(&mut self, buf: &[u8]) -> Result<(), LogError> {
-        let result = self.file.write_all(buf).and_then(|()| self.file.sync_data());
+        let result = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data());
         let path = self.log_path.clone();
         result.map_err(|source| self.poison(&path, source))
     }
 
     fn cut_torn_tail(&mut self, offset: u64) -> Result<(), LogError> {
         let path = self.log_path.clone();
-        let result = self.file.set_len(offset).and_then(|()| self.file.sync_all());
+        let result = self
+            .file
+            .set_len(offset)
+            .and_then(|()| self.file.sync_all());
         result.map_err(|source| self.poison(&path, source))
     }
 

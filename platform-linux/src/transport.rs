@@ -27,11 +27,22 @@ const LINK_QUEUE: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_JOIN_REQUEST: u64 = 64 * 1024;
 
+/// A bidirectional byte stream (a TLS connection of either side).
+pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ByteStream for T {}
+
 /// What the network hands to the event loop.
 pub enum Inbound {
     Frame {
         bytes: Vec<u8>,
         peer: String,
+    },
+    /// A member opened a replication stream for `volume` (its first frame said so).
+    Replication {
+        from: NodeId,
+        volume: u64,
+        peer: String,
+        stream: Box<dyn ByteStream>,
     },
     Join {
         request: JoinRequest,
@@ -127,37 +138,84 @@ async fn serve_connection(
     read_frames(tls, peer, me, inbound).await;
 }
 
-async fn read_frames<S: AsyncReadExt + Unpin>(
+/// Reads one whole cluster frame, checked; `Ok(None)` when the peer closed.
+async fn read_frame<S: AsyncReadExt + Unpin>(
+    stream: &mut S,
+    peer: &str,
+    me: LocalIdentity,
+) -> Result<Option<(Vec<u8>, codec::Frame)>, ()> {
+    let mut header = [0u8; HEADER_LEN];
+    if stream.read_exact(&mut header).await.is_err() {
+        tracing::debug!("connection from {peer} closed");
+        return Ok(None);
+    }
+    let total = codec::frame_len(&header).map_err(|error| malformed(peer, &error))?;
+    let mut bytes = header.to_vec();
+    bytes.resize(total, 0);
+    if stream.read_exact(&mut bytes[HEADER_LEN..]).await.is_err() {
+        tracing::debug!("connection from {peer} closed mid-frame");
+        return Ok(None);
+    }
+    let frame =
+        codec::decode(me.cluster, me.node, &bytes).map_err(|error| malformed(peer, &error))?;
+    Ok(Some((bytes, frame)))
+}
+
+async fn read_frames<S: ByteStream + 'static>(
     mut stream: S,
     peer: String,
     me: LocalIdentity,
     inbound: mpsc::Sender<Inbound>,
 ) {
-    let mut header = [0u8; HEADER_LEN];
-    loop {
-        if stream.read_exact(&mut header).await.is_err() {
-            return tracing::debug!("connection from {peer} closed");
+    let mut first = true;
+    while let Ok(Some((bytes, frame))) = read_frame(&mut stream, &peer, me).await {
+        if let codec::PeerMessage::OpenReplication { volume } = frame.message {
+            if !first {
+                return tracing::warn!(
+                    "{peer} asked for replication mid-stream; dropping the connection"
+                );
+            }
+            let event = Inbound::Replication {
+                from: frame.from,
+                volume,
+                peer,
+                stream: Box::new(stream),
+            };
+            let _ = inbound.send(event).await;
+            return;
         }
-        let total = match codec::frame_len(&header) {
-            Ok(total) => total,
-            Err(error) => return malformed(&peer, &error),
-        };
-        let mut bytes = header.to_vec();
-        bytes.resize(total, 0);
-        if stream.read_exact(&mut bytes[HEADER_LEN..]).await.is_err() {
-            return tracing::debug!("connection from {peer} closed mid-frame");
-        }
-        if let Err(error) = codec::decode(me.cluster, me.node, &bytes) {
-            return malformed(&peer, &error);
-        }
-        let frame = Inbound::Frame {
+        first = false;
+        let event = Inbound::Frame {
             bytes,
             peer: peer.clone(),
         };
-        if inbound.send(frame).await.is_err() {
+        if inbound.send(event).await.is_err() {
             return;
         }
     }
+}
+
+/// Dials `peer` and turns the connection into a replication stream for `volume`.
+pub async fn open_replication(
+    peer: &PeerAddress,
+    tls: Arc<rustls::ClientConfig>,
+    cluster: ClusterId,
+    from: NodeId,
+    to: NodeId,
+    volume: u64,
+) -> Result<Box<dyn ByteStream>, String> {
+    let connector = TlsConnector::from(tls);
+    let mut stream = connect(peer, &connector).await?;
+    let frame = codec::Frame {
+        from,
+        to,
+        message: codec::PeerMessage::OpenReplication { volume },
+    };
+    stream
+        .write_all(&codec::encode(cluster, &frame))
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(Box::new(stream))
 }
 
 fn malformed(peer: &str, error: &codec::FrameError) {

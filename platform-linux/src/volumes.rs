@@ -15,6 +15,7 @@ use tandem_core::{ClusterState, NodeId};
 
 use crate::leg::Leg;
 use crate::nbd_serve::NbdFrontend;
+use crate::transport::ByteStream;
 
 /// A volume served here: the epoch it was promoted in, and its frontend.
 struct Hosted {
@@ -80,6 +81,19 @@ impl VolumeHost {
                 }
             }
         }
+    }
+
+    /// A primary opened a replication stream to this node for `volume`.
+    pub fn accept_replication(
+        &mut self,
+        state: &ClusterState,
+        from: NodeId,
+        volume: VolumeId,
+        peer: &str,
+        stream: Box<dyn ByteStream>,
+    ) {
+        let _ = (state, from, stream);
+        tracing::warn!("replication stream from {peer} for volume {volume}: not served yet");
     }
 
     fn start(&self, state: &ClusterState, id: VolumeId) -> Result<Hosted, String> {

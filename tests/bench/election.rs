@@ -23,23 +23,29 @@ fn main() {
         cluster.kill(&leader);
         let killed = Instant::now();
         let (mut elected, mut offline) = (None, None);
-        wait_for("new leader and offline detection", Duration::from_secs(30), || {
-            for watcher in &watchers {
-                let Some(status) = cluster.node(watcher).status() else { continue };
-                let new_leader = status["leader"].as_u64().is_some_and(|id| id != leader_id);
-                if new_leader && elected.is_none() {
-                    elected = Some(killed.elapsed());
+        wait_for(
+            "new leader and offline detection",
+            Duration::from_secs(30),
+            || {
+                for watcher in &watchers {
+                    let Some(status) = cluster.node(watcher).status() else {
+                        continue;
+                    };
+                    let new_leader = status["leader"].as_u64().is_some_and(|id| id != leader_id);
+                    if new_leader && elected.is_none() {
+                        elected = Some(killed.elapsed());
+                    }
+                    let dead_offline = status["nodes"]
+                        .as_array()
+                        .and_then(|nodes| nodes.iter().find(|n| n["id"] == leader_id))
+                        .is_some_and(|n| n["online"] == false);
+                    if dead_offline && offline.is_none() {
+                        offline = Some(killed.elapsed());
+                    }
                 }
-                let dead_offline = status["nodes"]
-                    .as_array()
-                    .and_then(|nodes| nodes.iter().find(|n| n["id"] == leader_id))
-                    .is_some_and(|n| n["online"] == false);
-                if dead_offline && offline.is_none() {
-                    offline = Some(killed.elapsed());
-                }
-            }
-            (elected.is_some() && offline.is_some()).then_some(())
-        });
+                (elected.is_some() && offline.is_some()).then_some(())
+            },
+        );
         let (elected, offline) = (elected.unwrap_or_default(), offline.unwrap_or_default());
         println!("run {run:>2}: killed {leader}: new leader after {:>5} ms, shown offline after {:>5} ms", elected.as_millis(), offline.as_millis());
         elections.push(elected);
@@ -51,7 +57,10 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
     }
     println!();
-    println!("{:<34} {:>8} {:>8} {:>8}", "after kill -9 of the leader", "min", "median", "max");
+    println!(
+        "{:<34} {:>8} {:>8} {:>8}",
+        "after kill -9 of the leader", "min", "median", "max"
+    );
     summary("new leader elected (ms)", &mut elections);
     summary("dead node shown offline (ms)", &mut detections);
 }

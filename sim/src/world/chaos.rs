@@ -1,0 +1,173 @@
+//! Carrying out faults, ending them, and the heal that ends them all.
+
+use rand::Rng;
+use tandem_core::NodeId;
+
+use super::{ActiveFault, Phase, World};
+use crate::checkers::Violation;
+use crate::events::Event;
+use crate::faults::{self, Fault, View};
+use crate::trace::TraceEvent;
+
+impl World {
+    /// Draws and injects the next fault, and schedules the one after.
+    pub(super) fn on_next_fault(&mut self) -> Result<(), Violation> {
+        let Phase::Faults { until } = self.phase else {
+            return Ok(());
+        };
+        if self.now >= until {
+            return Ok(());
+        }
+        let view = self.fault_view();
+        if let Some(fault) = faults::choose(&mut self.fault_rng, &view, self.options.fault_mix) {
+            self.inject(fault)?;
+        }
+        let gap = faults::next_gap(&mut self.fault_rng);
+        self.queue.push(self.now + gap, Event::NextFault);
+        Ok(())
+    }
+
+    fn fault_view(&self) -> View {
+        let alive = self.machines.values().filter(|machine| !machine.removed);
+        let voters = self
+            .machines
+            .values()
+            .filter_map(|machine| machine.core.as_ref())
+            .map(|core| core.state().voter_count())
+            .max()
+            .unwrap_or(0);
+        View {
+            nodes: alive.clone().map(|machine| machine.id).collect(),
+            running: alive
+                .filter(|machine| machine.running())
+                .map(|machine| machine.id)
+                .collect(),
+            voters,
+        }
+    }
+
+    fn inject(&mut self, fault: Fault) -> Result<(), Violation> {
+        *self.fault_counts.entry(fault.kind()).or_default() += 1;
+        let id = self.next_fault_id;
+        self.next_fault_id += 1;
+        let now = self.now;
+        match fault {
+            Fault::Stop {
+                node,
+                power_loss,
+                down_ms,
+            } => {
+                let why = if power_loss { "power loss" } else { "crash" };
+                self.record_fault(Some(node), format!("{why}, down for {down_ms} ms"));
+                self.stop(node, why, power_loss)?;
+                self.queue.push(now + down_ms, Event::Restart { node });
+            }
+            Fault::StopAll { down_ms } => {
+                self.record_fault(None, "power loss on every machine".to_string());
+                for (node, ms) in down_ms {
+                    self.stop(node, "cluster power loss", true)?;
+                    self.queue.push(now + ms, Event::Restart { node });
+                }
+            }
+            Fault::Pause { node, ms } => self.pause(node, ms),
+            Fault::Cut {
+                kind,
+                links,
+                ms,
+                what,
+            } => {
+                self.record_fault(None, format!("{kind}: {what} for {ms} ms"));
+                self.net.block(id, links);
+                self.active.insert(id, ActiveFault::Network(what));
+                self.queue.push(now + ms, Event::FaultOver { id });
+            }
+            Fault::Lossy { quality, ms } => {
+                let what = format!(
+                    "lossy network: drop {:.0}%, duplicate {:.0}%, delay up to {} ms",
+                    quality.drop * 100.0,
+                    quality.duplicate * 100.0,
+                    quality.delay_max
+                );
+                self.record_fault(None, format!("{what} for {ms} ms"));
+                self.net.degrade(id, quality);
+                self.active.insert(id, ActiveFault::Network(what));
+                self.queue.push(now + ms, Event::FaultOver { id });
+            }
+            Fault::SlowDisk { node, extra_ms, ms } => {
+                let what = format!("slow disk: up to {extra_ms} ms more per write for {ms} ms");
+                self.record_fault(Some(node), what);
+                if let Some(machine) = self.machines.get_mut(&node) {
+                    machine.slow_disk.insert(id, extra_ms);
+                }
+                self.active.insert(id, ActiveFault::SlowDisk(node));
+                self.queue.push(now + ms, Event::FaultOver { id });
+            }
+        }
+        Ok(())
+    }
+
+    fn pause(&mut self, node: NodeId, ms: u64) {
+        let until = self.now + ms;
+        if let Some(machine) = self.machines.get_mut(&node) {
+            machine.paused_until = machine.paused_until.max(until);
+        }
+        self.record_fault(Some(node), format!("process paused for {ms} ms"));
+        self.trace
+            .record(self.now, Some(node), TraceEvent::Paused { until });
+    }
+
+    fn record_fault(&mut self, node: Option<NodeId>, what: String) {
+        self.trace.record(self.now, node, TraceEvent::Fault(what));
+    }
+
+    /// Ends fault `id` (if it is still in effect).
+    pub(super) fn end_fault(&mut self, id: u64) {
+        let Some(fault) = self.active.remove(&id) else {
+            return;
+        };
+        match fault {
+            ActiveFault::Network(what) => {
+                self.net.unblock(id);
+                self.net.restore(id);
+                self.trace
+                    .record(self.now, None, TraceEvent::FaultEnd(what));
+            }
+            ActiveFault::SlowDisk(node) => {
+                if let Some(machine) = self.machines.get_mut(&node) {
+                    machine.slow_disk.remove(&id);
+                }
+                let what = "slow disk".to_string();
+                self.trace
+                    .record(self.now, Some(node), TraceEvent::FaultEnd(what));
+            }
+        }
+    }
+
+    /// All faults stop: the network heals, slow disks recover, stopped machines restart
+    /// (pauses already under way run out by themselves, within 3 s).
+    pub(super) fn on_heal(&mut self) -> Result<(), Violation> {
+        self.phase = Phase::Heal { since: self.now };
+        let what = format!(
+            "heal: all faults stop; a leader and a commit are due within {} ms",
+            self.options.heal_bound_ms
+        );
+        self.trace.record(self.now, None, TraceEvent::Phase(what));
+        let active: Vec<u64> = self.active.keys().copied().collect();
+        for id in active {
+            self.end_fault(id);
+        }
+        self.net.heal();
+        let stopped: Vec<NodeId> = self
+            .machines
+            .values()
+            .filter(|machine| !machine.running() && !machine.removed)
+            .map(|machine| machine.id)
+            .collect();
+        for node in stopped {
+            let delay = self.fault_rng.gen_range(0..=500);
+            self.queue.push(self.now + delay, Event::Restart { node });
+        }
+        self.queue.push(self.now + 20, Event::Probe);
+        Ok(())
+    }
+}
