@@ -111,6 +111,8 @@ struct Proposal {
 struct PendingReady {
     number: u64,
     needs_disk: bool,
+    /// It installs a snapshot from the leader.
+    has_snapshot: bool,
     done: bool,
     messages: Vec<RaftMessage>,
 }
@@ -349,8 +351,14 @@ impl NodeCore {
         }
         self.now = self.now.max(now);
         let mut ticks = 0;
+        // A node whose newest snapshot is not durable yet must not campaign: raft-rs already
+        // treats the snapshot as stable while its applied index still points below it, and an
+        // election would read entries the snapshot replaced. Its clock simply pauses briefly.
+        let snapshot_pending = self.pending.iter().any(|p| p.has_snapshot && !p.done);
         while self.now >= self.next_tick_at && ticks < MAX_TICKS_PER_CALL {
-            self.raw.tick();
+            if !snapshot_pending {
+                self.raw.tick();
+            }
             self.next_tick_at += self.timing.tick_ms;
             ticks += 1;
         }
@@ -711,7 +719,8 @@ impl NodeCore {
             self.raw.mut_store().set_hard_state(hard_state.clone());
         }
         let number = ready.number();
-        let needs_disk = snapshot.is_some() || !entries.is_empty() || hard_state.is_some();
+        let has_snapshot = snapshot.is_some();
+        let needs_disk = has_snapshot || !entries.is_empty() || hard_state.is_some();
         let messages = ready.take_persisted_messages();
         if needs_disk {
             self.actions.push(Action::Persist {
@@ -725,6 +734,7 @@ impl NodeCore {
         self.pending.push_back(PendingReady {
             number,
             needs_disk,
+            has_snapshot,
             done: false,
             messages,
         });

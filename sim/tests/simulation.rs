@@ -210,3 +210,16 @@ fn a_lost_snapshot_does_not_wedge_the_cluster() {
         panic!("{failure}");
     }
 }
+
+/// Regression: soak seeds that once made a follower campaign while the snapshot it had just
+/// been sent was not yet durable; raft-rs then read entries the snapshot had replaced and
+/// panicked ("unexpected error getting unapplied entries ... Compacted"). The core now pauses
+/// a node's election clock until its snapshot is persisted.
+#[test]
+fn seeds_that_found_the_unpersisted_snapshot_election_stay_fixed() {
+    for seed in [1177, 1632, 1942] {
+        if let Err(failure) = run_seed(seed, &Options::default()) {
+            panic!("{failure}");
+        }
+    }
+}
