@@ -18,6 +18,7 @@ pub mod lease;
 pub mod legmeta;
 pub mod nbd;
 pub mod node;
+pub mod replication;
 pub mod state;
 pub mod storage;
 pub mod timing;

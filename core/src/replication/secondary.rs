@@ -1,0 +1,591 @@
+//! The receiving end of a replication link: one per (volume, leg) on a secondary node.
+//!
+//! Why this exists: a secondary must take writes only from the one primary the cluster
+//! committed, in the current epoch (DESIGN.md rule 2), must never touch its disk for a frame
+//! that is malformed, misaddressed or out of range (rule 5), and must acknowledge a write only
+//! once its disk has done it, so that the primary's acknowledgement to its client means "both
+//! legs have it" (rule 1).
+//!
+//! Life of a link:
+//! 1. The primary sends `Hello`; it is accepted only for this cluster, volume, leg and size in
+//!    the committed epoch ([`Secondary::set_epoch`]), and answered with `HelloAck`. Anything
+//!    else is answered with `Refuse` naming the field, and the leg stays as it was.
+//! 2. Data messages (`Write`, `Trim`, `WriteZeroes`, `Flush`, `ResyncData`) carry the sender's
+//!    epoch; one from any epoch but the attached and committed one is refused and the link is
+//!    dropped. Accepted ones become [`DiskOp`]s; [`Secondary::disk_done`] completes them and
+//!    sends the `Ack`.
+//! 3. When the committed epoch moves past the attached one, the link is dropped at once.
+//!
+//! Ordering on the disk: an operation waits until every earlier operation it overlaps has
+//! completed, so that overlapping writes land in the order the primary sent them whatever the
+//! disk's completion order; a `Flush` is submitted only after every earlier data operation has
+//! completed; a `fua` write is followed by a flush before its ack.
+//!
+//! Actions produced while handling [`Secondary::on_message`] concern the connection that
+//! delivered the bytes (`Send` answers on it, `Drop` closes it); acks produced by
+//! [`Secondary::disk_done`] go to the attached primary's connection.
+
+use std::collections::BTreeMap;
+
+use super::wire::{self, Message, RefuseCode, PROTOCOL_VERSION};
+use super::{check_range, overlaps, DiskKind, DiskOp, Ident, ReplError};
+use crate::ids::{ClusterId, NodeId};
+use crate::volume::LegId;
+
+/// Operations queued or on the disk at once; a primary that sends more is refused.
+pub const MAX_SECONDARY_OPS: usize = 2048;
+
+/// What the shim must do for a [`Secondary`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecondaryAction {
+    /// A frame for the primary.
+    Send(Vec<u8>),
+    Disk(DiskOp),
+    /// Close the connection to the primary; the link is detached.
+    Drop {
+        reason: String,
+    },
+    Note(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Attachment {
+    epoch: u64,
+    from_node: NodeId,
+    /// Raised by every accepted Hello: acks of operations from an older session are not sent.
+    session: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Queued,
+    Running,
+    /// A `fua` write is on the disk; its flush is running.
+    Flushing,
+}
+
+#[derive(Debug)]
+struct Op {
+    session: u64,
+    epoch: u64,
+    seq: u64,
+    /// `None` for a flush.
+    range: Option<(u64, u64)>,
+    /// The disk work, taken when submitted.
+    kind: Option<DiskKind>,
+    fua: bool,
+    stage: Stage,
+    ok: bool,
+}
+
+impl Op {
+    /// Its data is not on the disk yet.
+    fn data_pending(&self) -> bool {
+        self.range.is_some() && self.stage != Stage::Flushing
+    }
+}
+
+/// The secondary end of one volume's replication link.
+#[derive(Debug)]
+pub struct Secondary {
+    ident: Ident,
+    leg: LegId,
+    size: u64,
+    epoch: u64,
+    attached: Option<Attachment>,
+    sessions: u64,
+    next_disk_id: u64,
+    next_op: u64,
+    /// Queued and running operations, in arrival order.
+    ops: BTreeMap<u64, Op>,
+    /// Disk op id → operation.
+    disk: BTreeMap<u64, u64>,
+    last_heard: u64,
+    actions: Vec<SecondaryAction>,
+}
+
+impl Secondary {
+    /// The leg `leg` of `ident.volume` on node `ident.node`, `size` bytes, at the committed
+    /// epoch `current_epoch`.
+    pub fn new(ident: Ident, leg: LegId, size: u64, current_epoch: u64) -> Secondary {
+        Secondary {
+            ident,
+            leg,
+            size,
+            epoch: current_epoch,
+            attached: None,
+            sessions: 0,
+            next_disk_id: 1,
+            next_op: 1,
+            ops: BTreeMap::new(),
+            disk: BTreeMap::new(),
+            last_heard: 0,
+            actions: Vec::new(),
+        }
+    }
+
+    /// The committed epoch this leg accepts.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The epoch and node of the attached primary, if any.
+    pub fn attached(&self) -> Option<(u64, NodeId)> {
+        self.attached.map(|a| (a.epoch, a.from_node))
+    }
+
+    /// Operations queued or on the disk.
+    pub fn outstanding(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// `now` of the last message accepted from the primary.
+    pub fn last_heard(&self) -> u64 {
+        self.last_heard
+    }
+
+    pub fn take_actions(&mut self) -> Vec<SecondaryAction> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// The committed cluster state says the volume is now at `epoch`. A link attached in an
+    /// older epoch is dropped. Epochs never go down: a lower one is ignored.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        if epoch < self.epoch {
+            self.note(format!(
+                "ignored epoch {epoch}: volume {} is already at epoch {}",
+                self.ident.volume, self.epoch
+            ));
+            return;
+        }
+        self.epoch = epoch;
+        if let Some(attached) = self.attached.filter(|a| a.epoch != epoch) {
+            let reason = format!(
+                "the committed epoch moved from {} to {epoch}: the primary of epoch {} may no \
+                 longer write",
+                attached.epoch, attached.epoch
+            );
+            self.send(&Message::Refuse {
+                code: RefuseCode::StaleEpoch,
+                text: reason.clone(),
+            });
+            self.detach(reason);
+        }
+    }
+
+    /// The connection to the primary closed. Operations already on the disk complete, but are
+    /// not acknowledged.
+    pub fn link_lost(&mut self) {
+        if self.attached.take().is_some() {
+            self.note("link to the primary lost".into());
+        }
+    }
+
+    /// One frame from the primary.
+    pub fn on_message(&mut self, now: u64, bytes: &[u8]) -> Result<(), ReplError> {
+        let message = match wire::decode(bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                self.detach(format!("malformed frame: {error}"));
+                return Err(error.into());
+            }
+        };
+        let result = self.handle(message);
+        if result.is_ok() {
+            self.last_heard = now;
+        }
+        self.pump();
+        result
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), ReplError> {
+        let kind = message.kind_name();
+        match message {
+            Message::Hello {
+                version,
+                cluster,
+                volume,
+                leg,
+                from_node,
+                epoch,
+                size,
+            } => {
+                let hello = HelloFields {
+                    version,
+                    cluster: ClusterId(cluster),
+                    volume,
+                    leg,
+                    epoch,
+                    size,
+                };
+                self.on_hello(hello, from_node)
+            }
+            Message::Ping { seq } => {
+                self.send(&Message::Pong { seq });
+                Ok(())
+            }
+            Message::Pong { .. } => Ok(()),
+            Message::HelloAck { .. } | Message::Refuse { .. } | Message::Ack { .. } => {
+                let reason = format!("a secondary does not accept {kind} messages");
+                Err(self.refuse_data(RefuseCode::Protocol, reason))
+            }
+            data => match DataMessage::from(data) {
+                Some(data) => self.accept_data(kind, data),
+                None => Err(self.refuse_data(RefuseCode::Protocol, format!("unhandled {kind}"))),
+            },
+        }
+    }
+
+    fn on_hello(&mut self, hello: HelloFields, from_node: NodeId) -> Result<(), ReplError> {
+        if let Err((code, reason)) = self.check_hello(&hello) {
+            let reason = format!("hello from node {from_node} refused: {reason}");
+            self.send(&Message::Refuse {
+                code,
+                text: reason.clone(),
+            });
+            return Err(ReplError::Refused { code, reason });
+        }
+        self.sessions += 1;
+        let replaced = self.attached.replace(Attachment {
+            epoch: hello.epoch,
+            from_node,
+            session: self.sessions,
+        });
+        if replaced.is_some() {
+            self.note("a new connection from the primary replaces the old one".into());
+        }
+        self.send(&Message::HelloAck { epoch: hello.epoch });
+        self.note(format!(
+            "attached to the primary on node {from_node} in epoch {}",
+            hello.epoch
+        ));
+        Ok(())
+    }
+
+    fn check_hello(&self, hello: &HelloFields) -> Result<(), (RefuseCode, String)> {
+        let me = &self.ident;
+        if hello.version != PROTOCOL_VERSION {
+            return Err((
+                RefuseCode::Version,
+                format!(
+                    "protocol version {} is not supported, this node speaks {PROTOCOL_VERSION}",
+                    hello.version
+                ),
+            ));
+        }
+        if hello.cluster != me.cluster {
+            let reason = format!(
+                "cluster {} is not this node's cluster {}",
+                hello.cluster, me.cluster
+            );
+            return Err((RefuseCode::Cluster, reason));
+        }
+        if hello.volume != me.volume {
+            let reason = format!(
+                "volume {} is not this link's volume {}",
+                hello.volume, me.volume
+            );
+            return Err((RefuseCode::Volume, reason));
+        }
+        if hello.leg != self.leg {
+            let reason = format!(
+                "leg {} is not the leg this node holds (leg {} of volume {})",
+                hello.leg, self.leg, me.volume
+            );
+            return Err((RefuseCode::Leg, reason));
+        }
+        if hello.size != self.size {
+            let reason = format!(
+                "size {} bytes does not match leg {} of volume {}, which is {} bytes",
+                hello.size, self.leg, me.volume, self.size
+            );
+            return Err((RefuseCode::Size, reason));
+        }
+        self.check_epoch("hello", hello.epoch, self.epoch)
+    }
+
+    /// A message of `epoch` is accepted only in the committed epoch, which is also the epoch
+    /// the link was attached in (`attached`; a new committed epoch detaches the link).
+    fn check_epoch(
+        &self,
+        kind: &str,
+        given: u64,
+        attached: u64,
+    ) -> Result<(), (RefuseCode, String)> {
+        if given == attached && given == self.epoch {
+            return Ok(());
+        }
+        let volume = self.ident.volume;
+        let current = self.epoch;
+        if given < current {
+            let reason = format!(
+                "{kind} from epoch {given} refused: volume {volume} is at epoch {current}, a \
+                 primary of an older epoch may no longer write"
+            );
+            return Err((RefuseCode::StaleEpoch, reason));
+        }
+        if given > current {
+            let reason = format!(
+                "{kind} from epoch {given} refused: this node knows volume {volume} only up to \
+                 epoch {current}; retry once the committed state has reached it"
+            );
+            return Err((RefuseCode::FutureEpoch, reason));
+        }
+        let reason =
+            format!("{kind} from epoch {given} refused: the link was attached in epoch {attached}");
+        Err((RefuseCode::StaleEpoch, reason))
+    }
+
+    /// Checks a data message and queues its disk work.
+    fn accept_data(&mut self, kind: &'static str, data: DataMessage) -> Result<(), ReplError> {
+        let DataMessage {
+            epoch,
+            seq,
+            range,
+            disk,
+            fua,
+        } = data;
+        let Some(attached) = self.attached else {
+            let reason =
+                format!("{kind} seq {seq} refused: no primary is attached (send hello first)");
+            return Err(self.refuse_data(RefuseCode::NotAttached, reason));
+        };
+        if let Err((code, reason)) = self.check_epoch(kind, epoch, attached.epoch) {
+            return Err(self.refuse_data(code, reason));
+        }
+        if let Some((offset, len)) = range {
+            if let Err(error) = check_range(offset, len, self.size) {
+                let reason = format!("{kind} seq {seq}: {error}");
+                self.refuse_data(RefuseCode::OutOfRange, reason);
+                return Err(error);
+            }
+        }
+        if self.ops.len() >= MAX_SECONDARY_OPS {
+            let reason = format!(
+                "{kind} seq {seq} refused: {} operations outstanding, limit {MAX_SECONDARY_OPS}",
+                self.ops.len()
+            );
+            return Err(self.refuse_data(RefuseCode::Busy, reason));
+        }
+        let id = self.next_op;
+        self.next_op += 1;
+        let op = Op {
+            session: attached.session,
+            epoch,
+            seq,
+            range,
+            kind: disk,
+            fua,
+            stage: Stage::Queued,
+            ok: true,
+        };
+        self.ops.insert(id, op);
+        Ok(())
+    }
+
+    /// Refuses a data message: tells the primary, drops the link.
+    fn refuse_data(&mut self, code: RefuseCode, reason: String) -> ReplError {
+        self.send(&Message::Refuse {
+            code,
+            text: reason.clone(),
+        });
+        self.detach(reason.clone());
+        ReplError::Refused { code, reason }
+    }
+
+    /// Submits every queued operation whose turn has come.
+    fn pump(&mut self) {
+        let mut pending: Vec<(u64, u64)> = Vec::new();
+        let mut data_before = false;
+        let mut ready = Vec::new();
+        for (&id, op) in &self.ops {
+            if op.stage == Stage::Queued {
+                let go = match op.range {
+                    Some(range) => !pending.iter().any(|&other| overlaps(other, range)),
+                    None => !data_before,
+                };
+                if go {
+                    ready.push(id);
+                }
+            }
+            if op.data_pending() {
+                data_before = true;
+                pending.extend(op.range);
+            }
+        }
+        for id in ready {
+            self.submit(id);
+        }
+    }
+
+    fn submit(&mut self, id: u64) {
+        let disk_id = self.next_disk_id;
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let kind = op.kind.take().unwrap_or(DiskKind::Flush);
+        op.stage = Stage::Running;
+        self.next_disk_id += 1;
+        self.disk.insert(disk_id, id);
+        self.actions
+            .push(SecondaryAction::Disk(DiskOp { id: disk_id, kind }));
+    }
+
+    /// The disk finished operation `id`.
+    pub fn disk_done(&mut self, id: u64, ok: bool) -> Result<(), ReplError> {
+        let op_id = self
+            .disk
+            .remove(&id)
+            .ok_or(ReplError::UnknownDiskOp { id })?;
+        let Some(op) = self.ops.get_mut(&op_id) else {
+            return Err(ReplError::UnknownDiskOp { id });
+        };
+        op.ok &= ok;
+        if op.stage == Stage::Running && op.fua && op.ok && op.range.is_some() {
+            op.stage = Stage::Flushing;
+            self.submit_flush_of(op_id);
+        } else if let Some(op) = self.ops.remove(&op_id) {
+            self.finish(op);
+        }
+        self.pump();
+        Ok(())
+    }
+
+    fn submit_flush_of(&mut self, op_id: u64) {
+        let disk_id = self.next_disk_id;
+        self.next_disk_id += 1;
+        self.disk.insert(disk_id, op_id);
+        self.actions.push(SecondaryAction::Disk(DiskOp {
+            id: disk_id,
+            kind: DiskKind::Flush,
+        }));
+    }
+
+    fn finish(&mut self, op: Op) {
+        let current = self
+            .attached
+            .is_some_and(|a| a.session == op.session && a.epoch == op.epoch);
+        if !current {
+            self.note(format!(
+                "seq {} done on the disk after its link ended; not acknowledged",
+                op.seq
+            ));
+            return;
+        }
+        if !op.ok {
+            self.note(format!("seq {} failed on the disk", op.seq));
+        }
+        self.send(&Message::Ack {
+            epoch: op.epoch,
+            seq: op.seq,
+            ok: op.ok,
+        });
+    }
+
+    fn detach(&mut self, reason: String) {
+        self.attached = None;
+        self.actions.push(SecondaryAction::Drop { reason });
+    }
+
+    fn send(&mut self, message: &Message) {
+        self.actions
+            .push(SecondaryAction::Send(wire::encode(message)));
+    }
+
+    fn note(&mut self, text: String) {
+        let leg = self.leg;
+        let volume = self.ident.volume;
+        self.actions.push(SecondaryAction::Note(format!(
+            "volume {volume} leg {leg}: {text}"
+        )));
+    }
+}
+
+/// The parts of a data message (write, resync data, trim, write-zeroes, flush).
+struct DataMessage {
+    epoch: u64,
+    seq: u64,
+    /// `None` for a flush.
+    range: Option<(u64, u64)>,
+    disk: Option<DiskKind>,
+    fua: bool,
+}
+
+impl DataMessage {
+    fn from(message: Message) -> Option<DataMessage> {
+        let (epoch, seq, range, disk, fua) = match message {
+            Message::Write {
+                epoch,
+                seq,
+                offset,
+                data,
+                fua,
+            } => {
+                let range = (offset, data.len() as u64);
+                (
+                    epoch,
+                    seq,
+                    Some(range),
+                    Some(DiskKind::Write { offset, data }),
+                    fua,
+                )
+            }
+            Message::ResyncData {
+                epoch,
+                seq,
+                offset,
+                data,
+            } => {
+                let range = (offset, data.len() as u64);
+                (
+                    epoch,
+                    seq,
+                    Some(range),
+                    Some(DiskKind::Write { offset, data }),
+                    false,
+                )
+            }
+            Message::Trim {
+                epoch,
+                seq,
+                offset,
+                len,
+                fua,
+            } => (
+                epoch,
+                seq,
+                Some((offset, len)),
+                Some(DiskKind::Trim { offset, len }),
+                fua,
+            ),
+            Message::WriteZeroes {
+                epoch,
+                seq,
+                offset,
+                len,
+                fua,
+            } => {
+                let disk = DiskKind::WriteZeroes { offset, len };
+                (epoch, seq, Some((offset, len)), Some(disk), fua)
+            }
+            Message::Flush { epoch, seq } => (epoch, seq, None, None, false),
+            _ => return None,
+        };
+        Some(DataMessage {
+            epoch,
+            seq,
+            range,
+            disk,
+            fua,
+        })
+    }
+}
+
+struct HelloFields {
+    version: u32,
+    cluster: ClusterId,
+    volume: u64,
+    leg: LegId,
+    epoch: u64,
+    size: u64,
+}

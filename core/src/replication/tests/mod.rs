@@ -1,0 +1,7 @@
+//! Tests of the replication link: the secondary alone, then a primary with one or two
+//! secondaries wired through the in-memory [`harness`], then random schedules (proptest).
+
+mod harness;
+mod primary_tests;
+mod random_schedules;
+mod secondary_tests;

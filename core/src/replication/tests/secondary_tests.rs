@@ -1,0 +1,361 @@
+//! The secondary on its own: who it attaches to, what it refuses, how it orders its disk.
+
+use crate::ids::ClusterId;
+use crate::replication::wire::{decode, encode, Message, RefuseCode, PROTOCOL_VERSION};
+use crate::replication::{DiskKind, DiskOp, Ident, ReplError, Secondary, SecondaryAction};
+
+const CLUSTER: ClusterId = ClusterId([5; 16]);
+const SIZE: u64 = 1 << 20;
+
+fn secondary(epoch: u64) -> Secondary {
+    let ident = Ident {
+        cluster: CLUSTER,
+        volume: 7,
+        node: 2,
+    };
+    Secondary::new(ident, 1, SIZE, epoch)
+}
+
+fn hello(epoch: u64) -> Message {
+    Message::Hello {
+        version: PROTOCOL_VERSION,
+        cluster: CLUSTER.0,
+        volume: 7,
+        leg: 1,
+        from_node: 1,
+        epoch,
+        size: SIZE,
+    }
+}
+
+fn write(epoch: u64, seq: u64, offset: u64, len: usize, fua: bool) -> Vec<u8> {
+    encode(&Message::Write {
+        epoch,
+        seq,
+        offset,
+        data: vec![seq as u8; len],
+        fua,
+    })
+}
+
+/// Sent messages and disk ops among the actions.
+fn split(actions: Vec<SecondaryAction>) -> (Vec<Message>, Vec<DiskOp>, Vec<String>) {
+    let (mut sent, mut disk, mut drops) = (Vec::new(), Vec::new(), Vec::new());
+    for action in actions {
+        match action {
+            SecondaryAction::Send(bytes) => sent.push(decode(&bytes).expect("own frame")),
+            SecondaryAction::Disk(op) => disk.push(op),
+            SecondaryAction::Drop { reason } => drops.push(reason),
+            SecondaryAction::Note(_) => {}
+        }
+    }
+    (sent, disk, drops)
+}
+
+fn attached(epoch: u64) -> Secondary {
+    let mut s = secondary(epoch);
+    s.on_message(0, &encode(&hello(epoch))).expect("hello");
+    let (sent, _, _) = split(s.take_actions());
+    assert_eq!(sent, vec![Message::HelloAck { epoch }]);
+    s
+}
+
+fn refusal(sent: &[Message]) -> (RefuseCode, String) {
+    match sent {
+        [Message::Refuse { code, text }] => (*code, text.clone()),
+        other => panic!("expected one refusal, got {other:?}"),
+    }
+}
+
+/// A hello with one field changed.
+fn bad_hello(field: &str) -> Message {
+    let Message::Hello {
+        mut version,
+        mut cluster,
+        mut volume,
+        mut leg,
+        from_node,
+        epoch,
+        mut size,
+    } = hello(3)
+    else {
+        unreachable!()
+    };
+    match field {
+        "cluster" => cluster = [9; 16],
+        "volume 8" => volume = 8,
+        "leg 2" => leg = 2,
+        "size 4096" => size = 4096,
+        _ => version = 99,
+    }
+    Message::Hello {
+        version,
+        cluster,
+        volume,
+        leg,
+        from_node,
+        epoch,
+        size,
+    }
+}
+
+#[test]
+fn hello_with_a_wrong_field_is_refused_naming_the_field() {
+    let cases = [
+        ("cluster", RefuseCode::Cluster),
+        ("volume 8", RefuseCode::Volume),
+        ("leg 2", RefuseCode::Leg),
+        ("size 4096", RefuseCode::Size),
+        ("protocol version 99", RefuseCode::Version),
+    ];
+    for (field, code) in cases {
+        let mut s = secondary(3);
+        let error = s.on_message(0, &encode(&bad_hello(field))).unwrap_err();
+        assert!(error.to_string().contains(field), "{field}: {error}");
+        let (sent, disk, _) = split(s.take_actions());
+        let (got, text) = refusal(&sent);
+        assert_eq!(got, code);
+        assert!(text.contains(field), "{text}");
+        assert!(disk.is_empty());
+        assert_eq!(s.attached(), None, "{field}");
+    }
+}
+
+#[test]
+fn a_secondary_at_epoch_3_refuses_hello_and_writes_from_epoch_2() {
+    let mut s = secondary(3);
+    let error = s.on_message(0, &encode(&hello(2))).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ReplError::Refused {
+                code: RefuseCode::StaleEpoch,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("epoch 2"), "{error}");
+    assert!(error.to_string().contains("epoch 3"), "{error}");
+    assert_eq!(s.attached(), None);
+    let (sent, _, _) = split(s.take_actions());
+    assert_eq!(refusal(&sent).0, RefuseCode::StaleEpoch);
+
+    // Attached in epoch 3, a write that says epoch 2 (an old primary's frame) is refused.
+    let mut s = attached(3);
+    let error = s.on_message(0, &write(2, 1, 0, 512, false)).unwrap_err();
+    assert!(error.to_string().contains("from epoch 2"), "{error}");
+    let (sent, disk, drops) = split(s.take_actions());
+    assert_eq!(refusal(&sent).0, RefuseCode::StaleEpoch);
+    assert!(disk.is_empty(), "nothing touched");
+    assert_eq!(drops.len(), 1, "the link is dropped");
+    assert_eq!(s.attached(), None);
+}
+
+#[test]
+fn a_hello_from_a_future_epoch_is_refused_until_the_state_catches_up() {
+    let mut s = secondary(3);
+    let error = s.on_message(0, &encode(&hello(4))).unwrap_err();
+    assert!(matches!(
+        error,
+        ReplError::Refused {
+            code: RefuseCode::FutureEpoch,
+            ..
+        }
+    ));
+    s.take_actions();
+    s.set_epoch(4);
+    s.on_message(0, &encode(&hello(4))).expect("now current");
+    assert_eq!(s.attached(), Some((4, 1)));
+}
+
+#[test]
+fn a_new_epoch_drops_the_attached_link_and_its_writes() {
+    let mut s = attached(3);
+    s.on_message(0, &write(3, 1, 0, 512, false)).expect("write");
+    let (_, disk, _) = split(s.take_actions());
+    assert_eq!(disk.len(), 1);
+    s.set_epoch(4);
+    let (sent, _, drops) = split(s.take_actions());
+    assert_eq!(refusal(&sent).0, RefuseCode::StaleEpoch);
+    assert_eq!(drops.len(), 1);
+    assert!(drops[0].contains("from 3 to 4"), "{}", drops[0]);
+    assert_eq!(s.attached(), None);
+    // The write already on the disk completes, but is not acknowledged.
+    s.disk_done(disk[0].id, true).expect("done");
+    let (sent, _, _) = split(s.take_actions());
+    assert!(sent.is_empty(), "{sent:?}");
+    // Further epoch-3 frames are refused.
+    let error = s.on_message(0, &write(3, 2, 0, 512, false)).unwrap_err();
+    assert!(matches!(
+        error,
+        ReplError::Refused {
+            code: RefuseCode::NotAttached,
+            ..
+        }
+    ));
+    // Epochs never go back.
+    s.set_epoch(2);
+    assert_eq!(s.epoch(), 4);
+}
+
+#[test]
+fn out_of_range_writes_are_refused_with_offset_len_and_size() {
+    let mut s = attached(3);
+    let error = s
+        .on_message(0, &write(3, 1, SIZE - 100, 512, false))
+        .unwrap_err();
+    assert_eq!(
+        error,
+        ReplError::OutOfRange {
+            offset: SIZE - 100,
+            len: 512,
+            size: SIZE
+        }
+    );
+    let text = error.to_string();
+    assert!(text.contains(&format!("offset {}", SIZE - 100)) && text.contains("len 512"));
+    assert!(text.contains(&SIZE.to_string()), "{text}");
+    let (sent, disk, _) = split(s.take_actions());
+    assert_eq!(refusal(&sent).0, RefuseCode::OutOfRange);
+    assert!(disk.is_empty());
+    let mut s = attached(3);
+    let trim = encode(&Message::Trim {
+        epoch: 3,
+        seq: 1,
+        offset: u64::MAX - 1,
+        len: 10,
+        fua: false,
+    });
+    assert!(matches!(
+        s.on_message(0, &trim),
+        Err(ReplError::OutOfRange { .. })
+    ));
+}
+
+#[test]
+fn malformed_frames_and_writes_before_hello_touch_nothing() {
+    let mut s = secondary(3);
+    let error = s.on_message(0, b"not a frame at all").unwrap_err();
+    assert!(matches!(error, ReplError::Wire(_)), "{error}");
+    let error = s.on_message(0, &write(3, 1, 0, 512, false)).unwrap_err();
+    assert!(error.to_string().contains("hello"), "{error}");
+    let (_, disk, _) = split(s.take_actions());
+    assert!(disk.is_empty());
+    let mut frame = write(3, 1, 0, 512, false);
+    frame[40] ^= 1;
+    let mut s = attached(3);
+    assert!(matches!(s.on_message(0, &frame), Err(ReplError::Wire(_))));
+    let (_, disk, drops) = split(s.take_actions());
+    assert!(disk.is_empty());
+    assert_eq!(drops.len(), 1);
+}
+
+#[test]
+fn acks_wait_for_the_disk_and_fua_waits_for_a_flush() {
+    let mut s = attached(3);
+    s.on_message(0, &write(3, 1, 0, 512, true)).expect("write");
+    let (sent, disk, _) = split(s.take_actions());
+    assert!(sent.is_empty());
+    assert!(matches!(disk[0].kind, DiskKind::Write { offset: 0, .. }));
+    s.disk_done(disk[0].id, true).expect("done");
+    let (sent, flush, _) = split(s.take_actions());
+    assert!(sent.is_empty(), "no ack before the flush");
+    assert_eq!(flush[0].kind, DiskKind::Flush);
+    s.disk_done(flush[0].id, true).expect("flushed");
+    let (sent, _, _) = split(s.take_actions());
+    assert_eq!(
+        sent,
+        vec![Message::Ack {
+            epoch: 3,
+            seq: 1,
+            ok: true
+        }]
+    );
+    // A failed write is acked as failed, without a flush.
+    s.on_message(0, &write(3, 2, 0, 512, true)).expect("write");
+    let (_, disk, _) = split(s.take_actions());
+    s.disk_done(disk[0].id, false).expect("failed");
+    let (sent, disk, _) = split(s.take_actions());
+    assert!(disk.is_empty());
+    assert_eq!(
+        sent,
+        vec![Message::Ack {
+            epoch: 3,
+            seq: 2,
+            ok: false
+        }]
+    );
+    assert!(matches!(
+        s.disk_done(999, true),
+        Err(ReplError::UnknownDiskOp { id: 999 })
+    ));
+}
+
+#[test]
+fn overlapping_writes_run_in_order_and_a_flush_waits_for_earlier_writes() {
+    let mut s = attached(3);
+    s.on_message(0, &write(3, 1, 0, 4096, false)).expect("w1");
+    s.on_message(0, &write(3, 2, 8192, 512, false))
+        .expect("w2 elsewhere");
+    s.on_message(0, &write(3, 3, 1024, 512, false))
+        .expect("w3 overlaps w1");
+    s.on_message(0, &encode(&Message::Flush { epoch: 3, seq: 4 }))
+        .expect("flush");
+    let (_, disk, _) = split(s.take_actions());
+    let offsets: Vec<_> = disk.iter().map(|op| op.kind.clone()).collect();
+    assert_eq!(
+        disk.len(),
+        2,
+        "w3 waits for w1, the flush for all: {offsets:?}"
+    );
+    s.disk_done(disk[0].id, true).expect("w1 done");
+    let (sent, more, _) = split(s.take_actions());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(more.len(), 1, "w3 now runs");
+    assert!(matches!(more[0].kind, DiskKind::Write { offset: 1024, .. }));
+    s.disk_done(more[0].id, true).expect("w3 done");
+    let (_, none, _) = split(s.take_actions());
+    assert!(none.is_empty(), "w2 still running: no flush yet");
+    s.disk_done(disk[1].id, true).expect("w2 done");
+    let (_, flush, _) = split(s.take_actions());
+    assert_eq!(flush.len(), 1);
+    assert_eq!(flush[0].kind, DiskKind::Flush);
+    s.disk_done(flush[0].id, true).expect("flushed");
+    let (sent, _, _) = split(s.take_actions());
+    assert_eq!(
+        sent,
+        vec![Message::Ack {
+            epoch: 3,
+            seq: 4,
+            ok: true
+        }]
+    );
+    assert_eq!(s.outstanding(), 0);
+}
+
+#[test]
+fn a_reconnect_does_not_ack_operations_of_the_old_connection() {
+    let mut s = attached(3);
+    s.on_message(0, &write(3, 1, 0, 512, false)).expect("write");
+    let (_, disk, _) = split(s.take_actions());
+    s.link_lost();
+    s.on_message(0, &encode(&hello(3))).expect("hello again");
+    s.take_actions();
+    s.disk_done(disk[0].id, true).expect("done");
+    let (sent, _, _) = split(s.take_actions());
+    assert!(sent.is_empty(), "old-session ack suppressed: {sent:?}");
+}
+
+#[test]
+fn pings_are_answered_and_replies_from_a_primary_are_refused() {
+    let mut s = attached(3);
+    s.on_message(0, &encode(&Message::Ping { seq: 5 }))
+        .expect("ping");
+    let (sent, _, _) = split(s.take_actions());
+    assert_eq!(sent, vec![Message::Pong { seq: 5 }]);
+    let error = s
+        .on_message(0, &encode(&Message::HelloAck { epoch: 3 }))
+        .unwrap_err();
+    assert!(error.to_string().contains("hello-ack"), "{error}");
+}
