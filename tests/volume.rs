@@ -18,7 +18,9 @@ fn volumes_are_created_listed_promoted_and_deleted_through_the_cluster() {
     let cluster = TestCluster::form("volumes", &["a", "b"], &["w"]);
     let a = &cluster.node("a").dir;
     let leg_a = format!("a:{}", cluster.root.join("a.img").display());
-    let leg_b = format!("b:{}", cluster.root.join("b.img").display());
+    // b's leg sits in a directory that does not exist, so it can never sync: this test is
+    // about the rules of the committed state, independent of the data path's timing.
+    let leg_b = format!("b:{}", cluster.root.join("missing-dir/b.img").display());
     let output = cli(
         a,
         &[
@@ -52,9 +54,14 @@ fn volumes_are_created_listed_promoted_and_deleted_through_the_cluster() {
     let shown = text(&cli(&cluster.node("b").dir, &["volume", "show", "db"]));
     assert!(shown.contains("primary a  epoch 1"), "{shown}");
 
-    // A second writer is refused; delete is refused while primary.
+    // A second writer is refused while the primary is alive; delete is refused while primary.
     let output = cli(a, &["volume", "promote", "db", "--node", "b"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("which is alive"),
+        "{}",
+        text(&output)
+    );
     let output = cli(a, &["volume", "delete", "db"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(

@@ -477,7 +477,8 @@ impl NodeCore {
 
     /// Decides what an operator command means on this node.
     pub fn plan_command(&self, now: u64, command: &Command) -> Plan {
-        if let Some(plan) = crate::volume_plan::plan(&self.state, command) {
+        let gone = |id: NodeId| self.is_gone(now, id);
+        if let Some(plan) = crate::volume_plan::plan(&self.state, command, gone) {
             return plan;
         }
         let by_name = |name: &str| {
@@ -511,6 +512,20 @@ impl NodeCore {
             _ => Plan::Answer(Reply::Refused {
                 message: format!("command {command:?} is not handled by this node"),
             }),
+        }
+    }
+
+    /// Whether node `id` is offline and no longer holds a lease, as this node sees it.
+    fn is_gone(&self, now: u64, id: NodeId) -> bool {
+        if id == self.id {
+            return false;
+        }
+        match self.state.nodes.get(&id) {
+            Some(node) => {
+                let status = self.node_status(now, node, self.leader());
+                !status.online && status.lease_remaining_ms == 0
+            }
+            None => true,
         }
     }
 

@@ -320,7 +320,13 @@ impl ClusterState {
                 volume,
                 node,
                 force,
-            } => Ok(volume::promote(self.volume_mut(*volume)?, *node, *force)?),
+                takeover,
+            } => Ok(volume::promote(
+                self.volume_mut(*volume)?,
+                *node,
+                *force,
+                *takeover,
+            )?),
             VolumeChange::Demote { volume, epoch } => {
                 let info = self.volume_mut(*volume)?;
                 if *epoch != info.epoch {

@@ -118,11 +118,15 @@ pub enum VolumeChange {
     /// Deletes a volume that has no primary. Leg contents are left alone.
     Delete { volume: VolumeId },
     /// Makes `node` the primary under a new epoch. Without `force`, only onto an UpToDate leg
-    /// and only when no other node is primary.
+    /// and only when no other node is primary, unless `takeover`: the old primary is gone
+    /// (its lease lapsed), and its legs become Outdated since they may hold writes nobody
+    /// acknowledged.
     Promote {
         volume: VolumeId,
         node: NodeId,
         force: bool,
+        #[serde(default)]
+        takeover: bool,
     },
     /// The primary stops writing (after a flush): the volume has no primary.
     Demote { volume: VolumeId, epoch: u64 },
@@ -261,7 +265,12 @@ pub fn new_volume(id: VolumeId, name: &str, size: u64, legs: &[LegSpec]) -> Volu
 }
 
 /// Applies a promotion to `volume`.
-pub fn promote(volume: &mut VolumeInfo, node: NodeId, force: bool) -> Result<String, VolumeError> {
+pub fn promote(
+    volume: &mut VolumeInfo,
+    node: NodeId,
+    force: bool,
+    takeover: bool,
+) -> Result<String, VolumeError> {
     let name = volume.name.clone();
     let leg = volume
         .leg_of(node)
@@ -270,8 +279,9 @@ pub fn promote(volume: &mut VolumeInfo, node: NodeId, force: bool) -> Result<Str
             node,
         })?
         .clone();
-    if let Some(primary) = volume.primary.filter(|&primary| primary != node) {
-        if !force {
+    let old_primary = volume.primary.filter(|&primary| primary != node);
+    if let Some(primary) = old_primary {
+        if !force && !takeover {
             return Err(VolumeError::InUse {
                 volume: name,
                 node: primary,
@@ -299,6 +309,13 @@ pub fn promote(volume: &mut VolumeInfo, node: NodeId, force: bool) -> Result<Str
     }
     volume.epoch += 1;
     volume.primary = Some(node);
+    if let Some(old) = old_primary {
+        for other in volume.legs.iter_mut() {
+            if other.id != leg.id && other.nodes.contains(&old) {
+                other.state = LegState::Outdated;
+            }
+        }
+    }
     if force && leg.state != LegState::UpToDate {
         volume.forced.push(ForcedPromotion {
             epoch: volume.epoch,
@@ -413,16 +430,16 @@ mod tests {
     #[test]
     fn promotion_needs_an_up_to_date_leg_and_raises_the_epoch() {
         let mut volume = volume();
-        let refused = promote(&mut volume, 2, false).unwrap_err();
+        let refused = promote(&mut volume, 2, false, false).unwrap_err();
         assert!(
             refused.to_string().contains("leg 1 is Inconsistent"),
             "{refused}"
         );
         assert_eq!((volume.epoch, volume.primary), (0, None));
-        promote(&mut volume, 1, false).unwrap();
+        promote(&mut volume, 1, false, false).unwrap();
         assert_eq!((volume.epoch, volume.primary), (1, Some(1)));
         assert!(matches!(
-            promote(&mut volume, 9, false),
+            promote(&mut volume, 9, false, false),
             Err(VolumeError::NoLegOnNode { .. })
         ));
     }
@@ -430,14 +447,14 @@ mod tests {
     #[test]
     fn a_second_writer_is_refused_unless_forced_and_force_is_recorded() {
         let mut volume = volume();
-        promote(&mut volume, 1, false).unwrap();
+        promote(&mut volume, 1, false, false).unwrap();
         set_leg_state(&mut volume, 1, LegState::UpToDate, 1).unwrap();
         assert!(matches!(
-            promote(&mut volume, 2, false),
+            promote(&mut volume, 2, false, false),
             Err(VolumeError::InUse { node: 1, .. })
         ));
         set_leg_state(&mut volume, 1, LegState::Outdated, 1).unwrap();
-        promote(&mut volume, 2, true).unwrap();
+        promote(&mut volume, 2, true, false).unwrap();
         assert_eq!(volume.primary, Some(2));
         assert_eq!(volume.forced.len(), 1);
         assert_eq!(volume.forced[0].was, LegState::Outdated);
@@ -446,9 +463,21 @@ mod tests {
     }
 
     #[test]
+    fn a_takeover_outdates_the_old_primarys_leg() {
+        let mut volume = volume();
+        promote(&mut volume, 1, false, false).unwrap();
+        set_leg_state(&mut volume, 1, LegState::UpToDate, 1).unwrap();
+        promote(&mut volume, 3, false, true).unwrap();
+        assert_eq!((volume.primary, volume.epoch), (Some(3), 2));
+        assert_eq!(volume.legs[0].state, LegState::Outdated);
+        assert_eq!(volume.legs[1].state, LegState::UpToDate);
+        assert!(volume.forced.is_empty());
+    }
+
+    #[test]
     fn leg_state_changes_are_epoch_guarded_and_keep_one_up_to_date_leg() {
         let mut volume = volume();
-        promote(&mut volume, 1, false).unwrap();
+        promote(&mut volume, 1, false, false).unwrap();
         assert!(matches!(
             set_leg_state(&mut volume, 1, LegState::UpToDate, 0),
             Err(VolumeError::StaleEpoch {

@@ -7,8 +7,13 @@ use crate::node::Plan;
 use crate::state::{ClusterState, StateChange};
 use crate::volume::{LegSpec, VolumeChange, VolumeInfo};
 
-/// The plan for a volume command, or `None` when `command` is not about volumes.
-pub fn plan(state: &ClusterState, command: &Command) -> Option<Plan> {
+/// The plan for a volume command, or `None` when `command` is not about volumes. `gone(node)`
+/// says whether a node is offline and its lease has lapsed, as this node sees it.
+pub fn plan(
+    state: &ClusterState,
+    command: &Command,
+    gone: impl Fn(NodeId) -> bool,
+) -> Option<Plan> {
     let plan = match command {
         Command::VolumeCreate { name, size, legs } => create(state, name, *size, legs),
         Command::VolumeList => Ok(Plan::Answer(Reply::Volumes {
@@ -19,7 +24,7 @@ pub fn plan(state: &ClusterState, command: &Command) -> Option<Plan> {
                 volumes: vec![status(state, v)],
             })
         }),
-        Command::VolumePromote { name, node, force } => promote(state, name, node, *force),
+        Command::VolumePromote { name, node, force } => promote(state, name, node, *force, &gone),
         Command::VolumeDemote { name } => volume(state, name).map(|v| {
             change(VolumeChange::Demote {
                 volume: v.id,
@@ -51,13 +56,35 @@ fn node_id(state: &ClusterState, name: &str) -> Result<NodeId, String> {
         .ok_or_else(|| format!("no node named {name:?} in this cluster"))
 }
 
-fn promote(state: &ClusterState, name: &str, node: &str, force: bool) -> Result<Plan, String> {
+/// A promotion. When another node is primary: if it is alive, it must be demoted first (the
+/// demotion drains and flushes it, so the legs stay identical); if it is gone, this is a
+/// takeover that outdates its legs.
+fn promote(
+    state: &ClusterState,
+    name: &str,
+    node: &str,
+    force: bool,
+    gone: &dyn Fn(NodeId) -> bool,
+) -> Result<Plan, String> {
     let volume = volume(state, name)?;
-    let node = node_id(state, node)?;
+    let target = node_id(state, node)?;
+    let old = volume.primary.filter(|&primary| primary != target);
+    let takeover = match old {
+        Some(old) if gone(old) => true,
+        Some(old) if !force => {
+            let old = state.nodes.get(&old).map_or("?", |info| info.name.as_str());
+            return Err(format!(
+                "volume {name} is primary on {old}, which is alive: run `tandem volume demote \
+                 {name}` first (it drains and flushes {old}), then promote {node}"
+            ));
+        }
+        _ => false,
+    };
     let change = StateChange::Volume(VolumeChange::Promote {
         volume: volume.id,
-        node,
+        node: target,
         force,
+        takeover,
     });
     state.validate(&change).map_err(|error| error.to_string())?;
     Ok(Plan::Propose(change))

@@ -21,7 +21,7 @@ use crate::raftlog::DurableLog;
 use crate::statedir::StateDir;
 use crate::token::JoinToken;
 use crate::transport::{self, Inbound, Links, LocalIdentity, PeerAddress};
-use crate::volumes::VolumeHost;
+use crate::volumes::{HostContext, VolumeHost};
 
 /// A proposal that is not committed within this time is answered with a refusal.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -160,10 +160,19 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         inbound_tx,
     ));
     tokio::spawn(control::serve(control_listener, control_tx));
+    let client_tls = pki::client_config(&ca.cert_pem, &node)?;
+    let (proposals_tx, mut proposals) = mpsc::channel(256);
+    let host = HostContext {
+        me: identity.node_id,
+        cluster: identity.cluster,
+        state_dir: dir.root().to_path_buf(),
+        tls: client_tls.clone(),
+        proposals: proposals_tx,
+    };
     let mut daemon = Daemon {
         core,
         log,
-        links: Links::new(pki::client_config(&ca.cert_pem, &node)?),
+        links: Links::new(client_tls.clone()),
         started,
         ca_fingerprint: pki::ca_fingerprint(&ca.cert_pem)?,
         ca,
@@ -174,7 +183,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         waiting: HashMap::new(),
         synced_at: None,
         departed: HashMap::new(),
-        volumes: VolumeHost::new(identity.node_id, dir.root()),
+        volumes: VolumeHost::new(host),
         volumes_at: None,
     };
     tracing::info!(
@@ -193,6 +202,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
             _ = ticker.tick() => daemon.on_tick(),
             Some(event) = inbound.recv() => daemon.on_inbound(event),
             Some(request) = control_rx.recv() => daemon.on_control(request),
+            Some(change) = proposals.recv() => daemon.propose_internal(change),
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -226,6 +236,16 @@ fn sd_notify_ready() {
 impl Daemon {
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// A change the data path asks for (a leg's state); nobody waits for its answer, and the
+    /// replication core proposes again if it does not commit.
+    fn propose_internal(&mut self, change: StateChange) {
+        let request = self.next_request;
+        self.next_request += 1;
+        if let Err(error) = self.core.propose(request, change.clone()) {
+            tracing::warn!("cannot propose {change:?}: {error}");
+        }
     }
 
     fn on_tick(&mut self) {

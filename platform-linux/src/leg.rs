@@ -120,12 +120,25 @@ impl Leg {
         self.write_zero_buffers(offset, length)
     }
 
-    /// Discards a range; the contents read afterwards are unspecified (NBD TRIM).
+    /// Discards a range. NBD leaves the contents unspecified, but legs must stay identical,
+    /// so a discarded range always reads back as zeroes (a hole, or written zeroes).
     pub fn trim(&self, offset: u64, length: u64) -> io::Result<()> {
-        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        // A leg that cannot punch holes just keeps the data: TRIM is advisory.
-        let _ = fallocate(&self.file, mode, offset, length);
-        Ok(())
+        self.write_zeroes(offset, length, true)
+    }
+
+    /// Carries out one disk operation of the replication core; a read returns its bytes.
+    pub fn run(&self, kind: tandem_core::replication::DiskKind) -> io::Result<Option<Vec<u8>>> {
+        use tandem_core::replication::DiskKind;
+        let length = |len: u64| usize::try_from(len).map_err(|_| io::Error::other("length"));
+        match kind {
+            DiskKind::Write { offset, data } => self.write(offset, &data, false).map(|_| None),
+            DiskKind::Read { offset, len } => self.read(offset, length(len)?).map(Some),
+            DiskKind::Flush => self.flush().map(|_| None),
+            DiskKind::Trim { offset, len } => self.trim(offset, len).map(|_| None),
+            DiskKind::WriteZeroes { offset, len } => {
+                self.write_zeroes(offset, len, true).map(|_| None)
+            }
+        }
     }
 
     fn write_zero_buffers(&self, offset: u64, length: u64) -> io::Result<()> {

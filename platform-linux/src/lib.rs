@@ -9,6 +9,8 @@ pub mod nbd_serve;
 pub mod pki;
 pub mod raftlog;
 pub mod render;
+pub mod repl_primary;
+pub mod repl_secondary;
 pub mod setup;
 pub mod statedir;
 pub mod token;

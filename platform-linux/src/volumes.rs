@@ -1,44 +1,83 @@
-//! The volumes this node hosts: opens its legs and runs each volume's NBD frontend exactly
-//! while the committed state names this node the volume's primary.
+//! The volumes this node hosts, following the committed state: while this node is a volume's
+//! primary (in a given epoch) it runs the primary engine and the NBD frontend; while it holds
+//! a leg of a volume that another node writes, it accepts that primary's replication stream.
 //!
-//! The daemon calls [`VolumeHost::reconcile`] after every applied change; this module decides
-//! nothing about the cluster, it only follows the committed state (DESIGN.md: the core decides,
-//! shims obey). A leg that cannot be opened is logged with its path and retried on the next
-//! change; the frontend stays down rather than serving the wrong disk.
+//! The daemon calls [`VolumeHost::reconcile`] after every applied change. This module decides
+//! nothing about the cluster, it only follows the committed state (the core decides, shims
+//! obey). One lock per volume makes sure this node never writes a leg as primary and as
+//! secondary at once: an old role's task must have ended before the new one touches the leg.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tandem_core::volume::VolumeId;
-use tandem_core::{ClusterState, NodeId};
+use tandem_core::replication::{Ident, PeerLeg, Primary};
+use tandem_core::volume::{LegId, LegState, VolumeId, VolumeInfo};
+use tandem_core::{ClusterId, ClusterState, NodeId, StateChange};
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio::task::JoinHandle;
 
-use crate::leg::Leg;
-use crate::nbd_serve::NbdFrontend;
-use crate::transport::ByteStream;
+use crate::repl_primary::{self, EngineContext, EngineInput, PeerTarget, PrimarySetup};
+use crate::repl_secondary::{self, SessionSpec};
+use crate::transport::{ByteStream, PeerAddress};
 
-/// A volume served here: the epoch it was promoted in, and its frontend.
+/// Out-of-sync bitmap grain (see `legmeta`: 4 KiB, as DRBD).
+const BITMAP_GRAIN: u64 = 4096;
+
+/// A volume this node is primary of.
 struct Hosted {
     epoch: u64,
-    _frontend: NbdFrontend,
+    task: Option<JoinHandle<()>>,
+    inputs: mpsc::Sender<EngineInput>,
+    /// Leg states last reported to the engine.
+    reported: BTreeMap<LegId, LegState>,
 }
 
-/// The frontends of the volumes this node is primary of.
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// What the host needs from the daemon.
+pub struct HostContext {
+    pub me: NodeId,
+    pub cluster: ClusterId,
+    pub state_dir: PathBuf,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub proposals: mpsc::Sender<StateChange>,
+}
+
+/// Primaries and secondaries of the volumes on this node.
 pub struct VolumeHost {
-    me: NodeId,
-    state_dir: PathBuf,
+    context: HostContext,
     hosted: BTreeMap<VolumeId, Hosted>,
-    /// (volume, epoch) whose leg failed to open, so the error is logged once.
-    failed: BTreeMap<VolumeId, u64>,
+    sessions: BTreeMap<VolumeId, JoinHandle<()>>,
+    epochs: BTreeMap<VolumeId, watch::Sender<u64>>,
+    leg_locks: BTreeMap<VolumeId, Arc<Mutex<()>>>,
+    /// Demoted primaries still draining (they hold their leg lock until done).
+    draining: Vec<JoinHandle<()>>,
+}
+
+impl Drop for VolumeHost {
+    fn drop(&mut self) {
+        for task in self.sessions.values().chain(&self.draining) {
+            task.abort();
+        }
+    }
 }
 
 impl VolumeHost {
-    pub fn new(me: NodeId, state_dir: &Path) -> VolumeHost {
+    pub fn new(context: HostContext) -> VolumeHost {
         VolumeHost {
-            me,
-            state_dir: state_dir.to_path_buf(),
+            context,
             hosted: BTreeMap::new(),
-            failed: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            leg_locks: BTreeMap::new(),
+            draining: Vec::new(),
         }
     }
 
@@ -47,40 +86,135 @@ impl VolumeHost {
         state_dir.join(format!("nbd-{name}.sock"))
     }
 
-    /// Starts and stops frontends to match `state`.
+    fn leg_lock(&mut self, volume: VolumeId) -> Arc<Mutex<()>> {
+        self.leg_locks.entry(volume).or_default().clone()
+    }
+
+    /// Starts, stops and informs primaries and secondaries to match `state`.
     pub fn reconcile(&mut self, state: &ClusterState) {
-        let wanted: BTreeMap<VolumeId, u64> = state
-            .volumes
-            .values()
-            .filter(|volume| volume.primary == Some(self.me))
-            .map(|volume| (volume.id, volume.epoch))
-            .collect();
+        let me = self.context.me;
+        for volume in state.volumes.values() {
+            if volume.leg_of(me).is_some() {
+                let sender = self
+                    .epochs
+                    .entry(volume.id)
+                    .or_insert_with(|| watch::channel(volume.epoch).0);
+                sender.send_if_modified(|epoch| {
+                    std::mem::replace(epoch, volume.epoch) != volume.epoch
+                });
+            }
+        }
+        self.epochs.retain(|id, _| state.volumes.contains_key(id));
+        self.sessions.retain(|id, session| {
+            let keep = state.volumes.get(id).is_some_and(|v| v.primary != Some(me))
+                && !session.is_finished();
+            if !keep {
+                session.abort();
+            }
+            keep
+        });
         self.hosted.retain(|id, hosted| {
-            let keep = wanted.get(id) == Some(&hosted.epoch);
+            let keep = state
+                .volumes
+                .get(id)
+                .is_some_and(|v| v.primary == Some(me) && v.epoch == hosted.epoch);
             if !keep {
                 tracing::info!(
-                    "volume {id}: no longer primary here in epoch {}; frontend stopped",
+                    "volume {id}: no longer primary here in epoch {}; stopped",
                     hosted.epoch
                 );
             }
             keep
         });
-        self.failed
-            .retain(|id, epoch| wanted.get(id) == Some(epoch));
-        for (&id, &epoch) in &wanted {
-            if self.hosted.contains_key(&id) || self.failed.contains_key(&id) {
-                continue;
+        for volume in state.volumes.values().filter(|v| v.primary == Some(me)) {
+            if !self.hosted.contains_key(&volume.id) {
+                match self.start_primary(state, volume) {
+                    Ok(hosted) => {
+                        self.hosted.insert(volume.id, hosted);
+                    }
+                    Err(error) => {
+                        tracing::error!("volume {}: cannot be primary: {error}", volume.name)
+                    }
+                }
             }
-            match self.start(state, id) {
-                Ok(hosted) => {
-                    self.hosted.insert(id, hosted);
-                }
-                Err(error) => {
-                    tracing::error!("volume {id}: cannot serve as primary: {error}");
-                    self.failed.insert(id, epoch);
-                }
+            if let Some(hosted) = self.hosted.get_mut(&volume.id) {
+                report_leg_states(hosted, volume);
             }
         }
+    }
+
+    fn start_primary(
+        &mut self,
+        state: &ClusterState,
+        volume: &VolumeInfo,
+    ) -> Result<Hosted, String> {
+        let me = self.context.me;
+        let my_leg = volume.leg_of(me).ok_or("this node reaches no leg of it")?;
+        let mut peers = Vec::new();
+        let mut targets = Vec::new();
+        for leg in volume.legs.iter().filter(|leg| leg.id != my_leg.id) {
+            let Some(node) = leg.nodes.iter().copied().find(|&node| node != me) else {
+                continue;
+            };
+            let info = state
+                .nodes
+                .get(&node)
+                .ok_or_else(|| format!("leg {} names unknown node {node}", leg.id))?;
+            peers.push(PeerLeg {
+                leg: leg.id,
+                node,
+                state: leg.state,
+            });
+            let address = PeerAddress {
+                name: info.name.clone(),
+                addr: info.addr.clone(),
+            };
+            targets.push(PeerTarget {
+                leg: leg.id,
+                node,
+                address,
+            });
+        }
+        let ident = Ident {
+            cluster: self.context.cluster,
+            volume: volume.id,
+            node: me,
+        };
+        let primary = Primary::new(
+            ident,
+            my_leg.id,
+            volume.size,
+            volume.epoch,
+            peers,
+            BITMAP_GRAIN,
+        )
+        .map_err(|error| error.to_string())?;
+        let context = EngineContext {
+            cluster: self.context.cluster,
+            me,
+            volume: volume.id,
+            tls: self.context.tls.clone(),
+            proposals: self.context.proposals.clone(),
+        };
+        let setup = PrimarySetup {
+            primary,
+            leg_path: PathBuf::from(&my_leg.path),
+            size: volume.size,
+            peers: targets,
+            context,
+            socket: Self::socket_path(&self.context.state_dir, &volume.name),
+            name: volume.name.clone(),
+            leg_lock: self.leg_lock(volume.id),
+        };
+        let (inputs, receiver) = repl_primary::engine_channel();
+        let task = tokio::spawn(repl_primary::run_primary(setup, inputs.clone(), receiver));
+        let reported = volume.legs.iter().map(|leg| (leg.id, leg.state)).collect();
+        Ok(Hosted {
+            epoch: volume.epoch,
+            task: Some(task),
+            inputs,
+            reported,
+        })
     }
 
     /// A primary opened a replication stream to this node for `volume`.
@@ -92,29 +226,59 @@ impl VolumeHost {
         peer: &str,
         stream: Box<dyn ByteStream>,
     ) {
-        let _ = (state, from, stream);
-        tracing::warn!("replication stream from {peer} for volume {volume}: not served yet");
+        let me = self.context.me;
+        let Some(info) = state.volumes.get(&volume) else {
+            return tracing::warn!(
+                "replication stream from {peer} for unknown volume {volume}; dropped"
+            );
+        };
+        let Some(leg) = info.leg_of(me) else {
+            return tracing::warn!(
+                "replication stream from {peer} for volume {}: no leg here; dropped",
+                info.name
+            );
+        };
+        if info.primary == Some(me) {
+            return tracing::warn!("replication stream from {peer} (node {from}) for volume {}: this node is its primary; dropped", info.name);
+        }
+        let epoch = match self.epochs.get(&volume) {
+            Some(sender) => sender.subscribe(),
+            None => return,
+        };
+        let spec = SessionSpec {
+            ident: Ident {
+                cluster: self.context.cluster,
+                volume,
+                node: me,
+            },
+            leg: leg.id,
+            leg_path: PathBuf::from(&leg.path),
+            size: info.size,
+            epoch,
+            leg_lock: self.leg_lock(volume),
+            peer: peer.to_string(),
+        };
+        if let Some(old) = self.sessions.remove(&volume) {
+            old.abort();
+        }
+        self.sessions
+            .insert(volume, tokio::spawn(repl_secondary::run(spec, stream)));
     }
+}
 
-    fn start(&self, state: &ClusterState, id: VolumeId) -> Result<Hosted, String> {
-        let volume = state.volumes.get(&id).ok_or("not in the state")?;
-        let leg = volume
-            .leg_of(self.me)
-            .ok_or_else(|| format!("no leg of volume {} on this node", volume.name))?;
-        let leg =
-            Leg::open(Path::new(&leg.path), volume.size).map_err(|error| error.to_string())?;
-        let socket = Self::socket_path(&self.state_dir, &volume.name);
-        let frontend = NbdFrontend::start(&socket, &volume.name, Arc::new(leg))
-            .map_err(|error| format!("NBD socket {}: {error}", socket.display()))?;
-        tracing::info!(
-            "volume {} primary here in epoch {}: NBD on {}",
-            volume.name,
-            volume.epoch,
-            frontend.socket().display()
-        );
-        Ok(Hosted {
+/// Tells a primary's engine about every committed leg state it has not heard yet.
+fn report_leg_states(hosted: &mut Hosted, volume: &VolumeInfo) {
+    for leg in &volume.legs {
+        if hosted.reported.get(&leg.id) == Some(&leg.state) {
+            continue;
+        }
+        let input = EngineInput::LegState {
+            leg: leg.id,
+            state: leg.state,
             epoch: volume.epoch,
-            _frontend: frontend,
-        })
+        };
+        if hosted.inputs.try_send(input).is_ok() {
+            hosted.reported.insert(leg.id, leg.state);
+        }
     }
 }

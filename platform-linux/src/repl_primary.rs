@@ -1,0 +1,544 @@
+//! The primary end of a volume on this node: one engine task that owns
+//! `tandem_core::replication::Primary` and the local leg, one dialer task per peer leg, and a
+//! [`VolumeIo`] handle the frontends (NBD, FUSE) call.
+//!
+//! Exists so the frontends never touch a leg directly once a volume is mirrored: every write
+//! goes through the core, which acknowledges it only when every UpToDate leg has it (DESIGN.md
+//! §5 rule 1). The engine carries out the core's actions: frames to peers, disk operations on
+//! the leg, completions to waiting clients, and leg-state proposals to the daemon, which
+//! commits them through Raft and reports them back with [`EngineInput::LegState`].
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_core::replication::{Primary, PrimaryAction};
+use tandem_core::volume::{LegId, LegState, VolumeChange, VolumeId};
+use tandem_core::{ClusterId, NodeId, StateChange};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::leg::Leg;
+use crate::nbd_serve::NbdFrontend;
+use crate::repl_secondary::read_frames;
+use crate::transport::{self, PeerAddress};
+use crate::volume_io::VolumeIo;
+
+/// Inputs queued for the engine.
+const ENGINE_QUEUE: usize = 1024;
+/// Frames queued for one peer; a peer this far behind is treated as lost.
+const PEER_QUEUE: usize = 4096;
+/// How often the core gets `tick` (timeouts, resync pacing).
+const TICK: Duration = Duration::from_millis(50);
+/// Bound on action rounds after one input.
+const MAX_DRAIN_ROUNDS: usize = 4096;
+
+/// A client request for the engine.
+pub enum ClientOp {
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    Flush,
+    Trim {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
+    Zeroes {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
+}
+
+/// What the engine task reacts to.
+pub enum EngineInput {
+    Client {
+        op: ClientOp,
+        done: std::sync::mpsc::Sender<bool>,
+    },
+    PeerUp {
+        leg: LegId,
+        generation: u64,
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    PeerFrame {
+        leg: LegId,
+        generation: u64,
+        bytes: Vec<u8>,
+    },
+    PeerDown {
+        leg: LegId,
+        generation: u64,
+    },
+    /// The cluster committed a leg state of this volume.
+    LegState {
+        leg: LegId,
+        state: LegState,
+        epoch: u64,
+    },
+    /// Demoted: refuse new requests, let in-flight ones complete on every leg, flush, end.
+    Stop,
+}
+
+/// How long a demoted primary waits for its in-flight requests before giving up.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Where a peer leg is reached, for its dialer.
+pub struct PeerTarget {
+    pub leg: LegId,
+    pub node: NodeId,
+    pub address: PeerAddress,
+}
+
+/// What the engine needs to dial peers and report leg states.
+pub struct EngineContext {
+    pub cluster: ClusterId,
+    pub me: NodeId,
+    pub volume: VolumeId,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub proposals: mpsc::Sender<StateChange>,
+}
+
+/// The frontends' handle on a mirrored volume.
+pub struct EngineHandle {
+    inputs: mpsc::Sender<EngineInput>,
+    leg: Arc<Leg>,
+}
+
+impl EngineHandle {
+    fn call(&self, op: ClientOp) -> io::Result<()> {
+        let (done, answer) = std::sync::mpsc::channel();
+        self.inputs
+            .blocking_send(EngineInput::Client { op, done })
+            .map_err(|_| io::Error::other("the volume is no longer primary here"))?;
+        match answer.recv() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(io::Error::other("the write failed on a leg")),
+            Err(_) => Err(io::Error::other("the volume stopped being primary here")),
+        }
+    }
+}
+
+impl VolumeIo for EngineHandle {
+    fn size(&self) -> u64 {
+        self.leg.size()
+    }
+
+    fn read(&self, offset: u64, length: usize) -> io::Result<Vec<u8>> {
+        self.leg.read(offset, length)
+    }
+
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        let data = data.to_vec();
+        self.call(ClientOp::Write { offset, data, fua })
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.call(ClientOp::Flush)
+    }
+
+    fn write_zeroes(&self, offset: u64, length: u64, _may_trim: bool) -> io::Result<()> {
+        let (len, fua) = (length, false);
+        self.call(ClientOp::Zeroes { offset, len, fua })
+    }
+
+    fn trim(&self, offset: u64, length: u64) -> io::Result<()> {
+        let (len, fua) = (length, false);
+        self.call(ClientOp::Trim { offset, len, fua })
+    }
+
+    fn describe(&self) -> String {
+        format!("mirrored volume on {}", self.leg.path().display())
+    }
+}
+
+/// Everything a primary needs to run; the volume host builds it from the committed state.
+pub struct PrimarySetup {
+    pub primary: Primary,
+    pub leg_path: std::path::PathBuf,
+    pub size: u64,
+    pub peers: Vec<PeerTarget>,
+    pub context: EngineContext,
+    pub socket: std::path::PathBuf,
+    pub name: String,
+    pub leg_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A channel to a primary's engine, made before the engine runs.
+pub fn engine_channel() -> (mpsc::Sender<EngineInput>, mpsc::Receiver<EngineInput>) {
+    mpsc::channel(ENGINE_QUEUE)
+}
+
+/// Runs a volume's primary: takes the leg lock, opens the leg, dials the peers, serves NBD,
+/// and drives the engine until the task is aborted (the volume host does that when the state
+/// says this node is no longer primary in this epoch).
+pub async fn run_primary(
+    setup: PrimarySetup,
+    inputs: mpsc::Sender<EngineInput>,
+    receiver: mpsc::Receiver<EngineInput>,
+) {
+    let _exclusive = setup.leg_lock.clone().lock_owned().await;
+    let leg = match Leg::open(&setup.leg_path, setup.size) {
+        Ok(leg) => Arc::new(leg),
+        Err(error) => return tracing::error!("volume {}: cannot be primary: {error}", setup.name),
+    };
+    let mut dialers = JoinSet::new();
+    let context = &setup.context;
+    for peer in setup.peers {
+        let identity = (context.cluster, context.me, context.volume);
+        dialers.spawn(dial_peer(
+            peer,
+            inputs.clone(),
+            context.tls.clone(),
+            identity,
+        ));
+    }
+    let handle: Arc<dyn VolumeIo> = Arc::new(EngineHandle {
+        inputs,
+        leg: leg.clone(),
+    });
+    let _frontend = match NbdFrontend::start(&setup.socket, &setup.name, handle) {
+        Ok(frontend) => frontend,
+        Err(error) => {
+            return tracing::error!(
+                "volume {}: NBD socket {}: {error}",
+                setup.name,
+                setup.socket.display()
+            );
+        }
+    };
+    tracing::info!(
+        "volume {} primary here in epoch {}: NBD on {}",
+        setup.name,
+        setup.primary.epoch(),
+        setup.socket.display()
+    );
+    run_engine(setup.primary, leg, receiver, setup.context).await;
+}
+
+/// The engine's state besides the core.
+struct Engine {
+    primary: Primary,
+    leg: Arc<Leg>,
+    context: EngineContext,
+    started: Instant,
+    links: HashMap<LegId, (u64, mpsc::Sender<Vec<u8>>)>,
+    waiting: HashMap<u64, std::sync::mpsc::Sender<bool>>,
+    next_request: u64,
+    /// When the demotion began, if it did.
+    stopping_since: Option<Instant>,
+}
+
+async fn run_engine(
+    primary: Primary,
+    leg: Arc<Leg>,
+    mut inputs: mpsc::Receiver<EngineInput>,
+    context: EngineContext,
+) {
+    let mut engine = Engine {
+        primary,
+        leg,
+        context,
+        started: Instant::now(),
+        links: HashMap::new(),
+        waiting: HashMap::new(),
+        next_request: 1,
+        stopping_since: None,
+    };
+    let mut ticker = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            input = inputs.recv() => match input {
+                Some(input) => engine.on_input(input),
+                None => break,
+            },
+            _ = ticker.tick() => {
+                let now = engine.now();
+                engine.primary.tick(now);
+            }
+        }
+        engine.drain();
+        if engine.drained() {
+            break;
+        }
+    }
+}
+
+impl Engine {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn on_input(&mut self, input: EngineInput) {
+        let now = self.now();
+        let result = match input {
+            EngineInput::Client { done, .. } if self.stopping_since.is_some() => {
+                let _ = done.send(false);
+                return;
+            }
+            EngineInput::Client { op, done } => return self.on_client(now, op, done),
+            EngineInput::Stop => {
+                self.stopping_since.get_or_insert_with(Instant::now);
+                return;
+            }
+            EngineInput::PeerUp {
+                leg,
+                generation,
+                writer,
+            } => {
+                self.links.insert(leg, (generation, writer));
+                self.primary.peer_connected(now, leg)
+            }
+            EngineInput::PeerFrame {
+                leg,
+                generation,
+                bytes,
+            } if self.is_current(leg, generation) => self.primary.peer_message(leg, &bytes),
+            EngineInput::PeerDown { leg, generation } if self.is_current(leg, generation) => {
+                self.links.remove(&leg);
+                self.primary.peer_lost(leg)
+            }
+            EngineInput::PeerFrame { .. } | EngineInput::PeerDown { .. } => Ok(()),
+            EngineInput::LegState { leg, state, epoch } => {
+                self.primary.leg_state_committed(leg, state, epoch)
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!("volume {}: {error}", self.context.volume);
+        }
+    }
+
+    /// Demoted and done: nothing in flight (or the wait gave up), and the leg flushed.
+    fn drained(&mut self) -> bool {
+        let Some(since) = self.stopping_since else {
+            return false;
+        };
+        let in_flight = self.primary.in_flight();
+        if in_flight > 0 && since.elapsed() < DRAIN_LIMIT {
+            return false;
+        }
+        if in_flight > 0 {
+            tracing::error!(
+                "volume {}: demoted with {in_flight} requests still waiting for a leg after {:?}; \
+                 their ranges may differ between legs until the next resync",
+                self.context.volume,
+                DRAIN_LIMIT
+            );
+        }
+        let leg = self.leg.clone();
+        if let Err(error) = tokio::task::block_in_place(|| leg.flush()) {
+            tracing::error!(
+                "leg {}: flush on demotion failed: {error}",
+                leg.path().display()
+            );
+        }
+        tracing::info!(
+            "volume {}: demoted cleanly; frontend stopped",
+            self.context.volume
+        );
+        true
+    }
+
+    fn is_current(&self, leg: LegId, generation: u64) -> bool {
+        self.links
+            .get(&leg)
+            .is_some_and(|(current, _)| *current == generation)
+    }
+
+    fn on_client(&mut self, now: u64, op: ClientOp, done: std::sync::mpsc::Sender<bool>) {
+        let request = self.next_request;
+        self.next_request += 1;
+        let accepted = match op {
+            ClientOp::Write { offset, data, fua } => {
+                self.primary.client_write(now, request, offset, data, fua)
+            }
+            ClientOp::Flush => self.primary.client_flush(now, request),
+            ClientOp::Trim { offset, len, fua } => {
+                self.primary.client_trim(now, request, offset, len, fua)
+            }
+            ClientOp::Zeroes { offset, len, fua } => self
+                .primary
+                .client_write_zeroes(now, request, offset, len, fua),
+        };
+        match accepted {
+            Ok(()) => {
+                self.waiting.insert(request, done);
+            }
+            Err(error) => {
+                tracing::warn!("volume {}: request refused: {error}", self.context.volume);
+                let _ = done.send(false);
+            }
+        }
+    }
+
+    /// Carries out the core's actions until it has none.
+    fn drain(&mut self) {
+        for _ in 0..MAX_DRAIN_ROUNDS {
+            let actions = self.primary.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for action in actions {
+                self.perform(action);
+            }
+        }
+        tracing::error!(
+            "volume {}: the replication core kept producing work",
+            self.context.volume
+        );
+    }
+
+    fn perform(&mut self, action: PrimaryAction) {
+        match action {
+            PrimaryAction::Send { leg, bytes } => self.send(leg, bytes),
+            PrimaryAction::Disk(op) => self.run_disk(op),
+            PrimaryAction::Complete { req_id, ok } => {
+                if let Some(done) = self.waiting.remove(&req_id) {
+                    let _ = done.send(ok);
+                }
+            }
+            PrimaryAction::ProposeLegState { leg, state, epoch } => {
+                let change = StateChange::Volume(VolumeChange::SetLegState {
+                    volume: self.context.volume,
+                    leg,
+                    state,
+                    epoch,
+                });
+                if self.context.proposals.try_send(change).is_err() {
+                    tracing::warn!(
+                        "volume {}: leg-state proposal queue full; the core retries",
+                        self.context.volume
+                    );
+                }
+            }
+            PrimaryAction::DropLink { leg, reason } => {
+                tracing::warn!(
+                    "volume {}: dropping the link to leg {leg}: {reason}",
+                    self.context.volume
+                );
+                self.links.remove(&leg);
+            }
+            PrimaryAction::Note(note) => tracing::info!("volume {}: {note}", self.context.volume),
+        }
+    }
+
+    fn send(&mut self, leg: LegId, bytes: Vec<u8>) {
+        let Some((_, writer)) = self.links.get(&leg) else {
+            return;
+        };
+        if writer.try_send(bytes).is_err() {
+            tracing::warn!(
+                "volume {}: leg {leg} is not keeping up; link dropped",
+                self.context.volume
+            );
+            self.links.remove(&leg);
+            if let Err(error) = self.primary.peer_lost(leg) {
+                tracing::warn!("volume {}: {error}", self.context.volume);
+            }
+        }
+    }
+
+    fn run_disk(&mut self, op: tandem_core::replication::DiskOp) {
+        let leg = self.leg.clone();
+        let result = tokio::task::block_in_place(|| leg.run(op.kind));
+        let reported = match result {
+            Ok(Some(data)) => self.primary.disk_read_done(op.id, data),
+            Ok(None) => self.primary.disk_done(op.id, true),
+            Err(error) => {
+                tracing::error!("leg {}: {error}", leg.path().display());
+                self.primary.disk_done(op.id, false)
+            }
+        };
+        if let Err(error) = reported {
+            tracing::error!("replication core refused a completion: {error}");
+        }
+    }
+}
+
+/// Keeps one replication stream to a peer leg open, reconnecting with backoff.
+async fn dial_peer(
+    peer: PeerTarget,
+    engine: mpsc::Sender<EngineInput>,
+    tls: Arc<rustls::ClientConfig>,
+    (cluster, me, volume): (ClusterId, NodeId, VolumeId),
+) {
+    let mut backoff = Duration::from_millis(100);
+    for generation in 1.. {
+        let opened =
+            transport::open_replication(&peer.address, tls.clone(), cluster, me, peer.node, volume)
+                .await;
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(
+                    "volume {volume}: cannot reach leg {} on {}: {error}",
+                    peer.leg,
+                    peer.address.name
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let leg = peer.leg;
+        if !carry_link(leg, generation, stream, &engine, &peer.address.name).await {
+            return;
+        }
+        let _ = engine.send(EngineInput::PeerDown { leg, generation }).await;
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Moves frames both ways until either side ends; `false` when the engine is gone.
+async fn carry_link(
+    leg: LegId,
+    generation: u64,
+    stream: Box<dyn transport::ByteStream>,
+    engine: &mpsc::Sender<EngineInput>,
+    name: &str,
+) -> bool {
+    let (reader, mut writer) = tokio::io::split(stream);
+    let (writer_tx, mut outgoing) = mpsc::channel(PEER_QUEUE);
+    let up = EngineInput::PeerUp {
+        leg,
+        generation,
+        writer: writer_tx,
+    };
+    if engine.send(up).await.is_err() {
+        return false;
+    }
+    tracing::info!("replicating to leg {leg} on {name}");
+    let (frames_tx, mut frames) = mpsc::channel(256);
+    let reader_task = tokio::spawn(read_frames(reader, frames_tx, name.to_string()));
+    loop {
+        tokio::select! {
+            bytes = outgoing.recv() => match bytes {
+                Some(bytes) => {
+                    if writer.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            frame = frames.recv() => match frame {
+                Some(bytes) => {
+                    let input = EngineInput::PeerFrame { leg, generation, bytes };
+                    if engine.send(input).await.is_err() {
+                        reader_task.abort();
+                        return false;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    reader_task.abort();
+    tracing::info!("replication link to leg {leg} on {name} closed");
+    true
+}

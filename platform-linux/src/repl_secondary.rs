@@ -1,0 +1,163 @@
+//! The secondary end of a volume's replication on this node: one task per replication stream
+//! a primary opened, driving `tandem_core::replication::Secondary` and this node's leg.
+//!
+//! Exists to keep the data path of a secondary in one place: frames in, disk operations on the
+//! leg, acknowledgements out, only after the disk did the work. The committed epoch arrives
+//! through a watch channel; when it moves on, the core drops the old primary's link (rule 2).
+//! The session holds the volume's leg lock for its whole life, so this node never writes the
+//! leg as a secondary and as a primary at the same time.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tandem_core::replication::{wire, Ident, Secondary, SecondaryAction};
+use tandem_core::volume::LegId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch, Mutex};
+
+use crate::leg::Leg;
+use crate::transport::ByteStream;
+
+/// Bound on action rounds after one input (each disk completion may release more work).
+const MAX_DRAIN_ROUNDS: usize = 4096;
+/// Frames read ahead of the session.
+const READ_AHEAD: usize = 256;
+
+/// What a session needs to start.
+pub struct SessionSpec {
+    pub ident: Ident,
+    pub leg: LegId,
+    pub leg_path: PathBuf,
+    pub size: u64,
+    pub epoch: watch::Receiver<u64>,
+    pub leg_lock: Arc<Mutex<()>>,
+    pub peer: String,
+}
+
+/// Runs one replication stream from a primary until it closes or is dropped.
+pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
+    let _exclusive = spec.leg_lock.clone().lock_owned().await;
+    let leg = match Leg::open(&spec.leg_path, spec.size) {
+        Ok(leg) => leg,
+        Err(error) => {
+            return tracing::error!("replication from {}: {error}", spec.peer);
+        }
+    };
+    tracing::info!(
+        "volume {}: replication stream from {} onto leg {}",
+        spec.ident.volume,
+        spec.peer,
+        spec.leg_path.display()
+    );
+    let started = Instant::now();
+    let mut epoch = spec.epoch.clone();
+    let mut secondary = Secondary::new(spec.ident, spec.leg, spec.size, *epoch.borrow());
+    let (reader, mut writer) = tokio::io::split(stream);
+    let (frames_tx, mut frames) = mpsc::channel(READ_AHEAD);
+    let reader_task = tokio::spawn(read_frames(reader, frames_tx, spec.peer.clone()));
+    loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(bytes) => {
+                    let now = started.elapsed().as_millis() as u64;
+                    if let Err(error) = secondary.on_message(now, &bytes) {
+                        tracing::warn!("replication from {}: {error}", spec.peer);
+                    }
+                }
+                None => {
+                    secondary.link_lost();
+                    break;
+                }
+            },
+            changed = epoch.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                secondary.set_epoch(*epoch.borrow());
+            }
+        }
+        if !drain(&mut secondary, &leg, &mut writer, &spec.peer).await {
+            break;
+        }
+    }
+    reader_task.abort();
+    let _ = leg.flush();
+    tracing::info!(
+        "volume {}: replication stream from {} ended",
+        spec.ident.volume,
+        spec.peer
+    );
+}
+
+/// Carries out the core's actions; `false` when the link must close.
+async fn drain(
+    secondary: &mut Secondary,
+    leg: &Leg,
+    writer: &mut WriteHalf<Box<dyn ByteStream>>,
+    peer: &str,
+) -> bool {
+    for _ in 0..MAX_DRAIN_ROUNDS {
+        let actions = secondary.take_actions();
+        if actions.is_empty() {
+            return true;
+        }
+        for action in actions {
+            match action {
+                SecondaryAction::Send(bytes) => {
+                    if writer.write_all(&bytes).await.is_err() {
+                        return false;
+                    }
+                }
+                SecondaryAction::Disk(op) => {
+                    let result = tokio::task::block_in_place(|| leg.run(op.kind));
+                    if let Err(error) = &result {
+                        tracing::error!("leg {}: {error}", leg.path().display());
+                    }
+                    if let Err(error) = secondary.disk_done(op.id, result.is_ok()) {
+                        tracing::error!("replication core refused a completion: {error}");
+                    }
+                }
+                SecondaryAction::Drop { reason } => {
+                    tracing::warn!("replication from {peer} dropped: {reason}");
+                    return false;
+                }
+                SecondaryAction::Note(note) => tracing::info!("replication from {peer}: {note}"),
+            }
+        }
+    }
+    tracing::error!("replication from {peer}: the core kept producing work; dropping the link");
+    false
+}
+
+/// Reads whole replication frames (header checked before buffering) into `frames`.
+pub async fn read_frames(
+    mut reader: ReadHalf<Box<dyn ByteStream>>,
+    frames: mpsc::Sender<Vec<u8>>,
+    peer: String,
+) {
+    let mut header = [0u8; wire::HEADER_LEN];
+    loop {
+        if reader.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let total = match wire::frame_len(&header) {
+            Ok(total) => total,
+            Err(error) => {
+                return tracing::warn!("malformed replication frame from {peer}: {error}");
+            }
+        };
+        let mut bytes = header.to_vec();
+        bytes.resize(total, 0);
+        if reader
+            .read_exact(&mut bytes[wire::HEADER_LEN..])
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if frames.send(bytes).await.is_err() {
+            return;
+        }
+    }
+}
