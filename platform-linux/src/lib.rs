@@ -3,6 +3,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod fuse_export;
 pub mod join;
 pub mod leg;
 pub mod nbd_serve;

@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::fuse_export::FuseExport;
 use crate::leg::Leg;
 use crate::nbd_serve::NbdFrontend;
 use crate::repl_secondary::read_frames;
@@ -165,6 +166,8 @@ pub struct PrimarySetup {
     pub peers: Vec<PeerTarget>,
     pub context: EngineContext,
     pub socket: std::path::PathBuf,
+    /// Where the FUSE images are mounted (`<state-dir>/images`).
+    pub images: std::path::PathBuf,
     pub name: String,
     pub leg_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -202,6 +205,7 @@ pub async fn run_primary(
         inputs,
         leg: leg.clone(),
     });
+    let _image = start_image(&setup.images, &setup.name, handle.clone());
     let _frontend = match NbdFrontend::start(&setup.socket, &setup.name, handle) {
         Ok(frontend) => frontend,
         Err(error) => {
@@ -456,6 +460,34 @@ impl Engine {
         };
         if let Err(error) = reported {
             tracing::error!("replication core refused a completion: {error}");
+        }
+    }
+}
+
+/// The FUSE image of the volume, unmounted off the async threads when dropped.
+struct ImageGuard(Option<FuseExport>);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        if let Some(export) = self.0.take() {
+            // Unmounting waits for in-flight I/O; keep that off the runtime's threads.
+            tokio::task::spawn_blocking(move || drop(export));
+        }
+    }
+}
+
+/// Mounts the volume's image at `<state-dir>/images/<volume>/<volume>.img`; a failure is
+/// logged and the volume is still served over NBD.
+fn start_image(images: &std::path::Path, name: &str, io: Arc<dyn VolumeIo>) -> ImageGuard {
+    let dir = images.join(name);
+    match tokio::task::block_in_place(|| FuseExport::start(&dir, name, io)) {
+        Ok(export) => {
+            tracing::info!("volume {name}: image {}", export.image_path().display());
+            ImageGuard(Some(export))
+        }
+        Err(error) => {
+            tracing::error!("volume {name}: no FUSE image: {error}");
+            ImageGuard(None)
         }
     }
 }

@@ -203,6 +203,7 @@ impl VolumeHost {
             peers: targets,
             context,
             socket: Self::socket_path(&self.context.state_dir, &volume.name),
+            images: self.context.state_dir.join("images"),
             name: volume.name.clone(),
             leg_lock: self.leg_lock(volume.id),
         };

@@ -96,6 +96,27 @@ impl TestNode {
     }
 }
 
+/// Detaches every mount below `root` (the FUSE images a killed daemon left behind), deepest
+/// first, so the directory can be removed. Only paths under the test's own root are touched.
+pub fn unmount_below(root: &Path) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .filter(|point| point.starts_with(root))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    for point in points {
+        if let Ok(path) = std::ffi::CString::new(point.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2 with a valid NUL-terminated path and a flag constant.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
 
 /// Real daemons on loopback addresses; stopped and removed on drop.
@@ -280,6 +301,7 @@ impl Drop for TestCluster {
                 let _ = child.wait();
             }
         }
+        unmount_below(&self.root);
         if std::thread::panicking() {
             for node in &self.nodes {
                 eprintln!("---- log of {} ----\n{}", node.name, node.log());
@@ -287,4 +309,137 @@ impl Drop for TestCluster {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// Runs a program, panicking with a clear message when it is missing.
+pub fn run_program(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("cannot run {program} (is it installed? .ci/run installs it): {error}")
+        })
+}
+
+/// Runs a program that must succeed; returns its trimmed stdout.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let output = run_program(program, args);
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        text(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Refuses, loudly, to run a tier-4 test without root or FUSE (CI runs as root).
+pub fn require_root_and_fuse(test: &str) {
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "{test} is a tier-4 test: it must run as root (CI does) to use FUSE, loop devices \
+         and mount; it is running as uid {euid}"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "{test} needs /dev/fuse (modprobe fuse)"
+    );
+}
+
+/// Loop devices and mounts a test made, by their exact paths; removed in reverse order on
+/// drop, on success and on panic.
+#[derive(Default)]
+pub struct Devices {
+    mounts: Vec<PathBuf>,
+    loops: Vec<String>,
+}
+
+impl Devices {
+    /// `losetup --find --show [extra] file`, recording the device it printed.
+    pub fn attach_loop(&mut self, file: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["--find", "--show"];
+        args.extend_from_slice(extra);
+        args.push(file.to_str().expect("utf-8 path"));
+        let device = run_ok("losetup", &args);
+        assert!(
+            device.starts_with("/dev/loop"),
+            "losetup printed {device:?}"
+        );
+        self.loops.push(device.clone());
+        device
+    }
+
+    pub fn detach_loop(&mut self, device: &str) {
+        self.loops.retain(|recorded| recorded != device);
+        detach_loop(device).unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    pub fn mount(&mut self, device: &str, dir: &Path, options: &str) {
+        std::fs::create_dir_all(dir).expect("create a mount point");
+        let dir_text = dir.to_str().expect("utf-8 path");
+        run_ok("mount", &["-t", "ext4", "-o", options, device, dir_text]);
+        self.mounts.push(dir.to_path_buf());
+    }
+
+    /// Records a mount someone else made, so it is removed on drop.
+    pub fn adopt_mount(&mut self, dir: &Path) {
+        self.mounts.push(dir.to_path_buf());
+    }
+
+    /// Forgets a recorded mount without unmounting it (its owner took it back).
+    pub fn forget_mount(&mut self, dir: &Path) {
+        self.mounts.retain(|recorded| recorded != dir);
+    }
+
+    pub fn unmount(&mut self, dir: &Path) {
+        self.mounts.retain(|recorded| recorded != dir);
+        run_ok("umount", &[dir.to_str().expect("utf-8 path")]);
+    }
+
+    /// Removes everything recorded; false when a mount stayed busy.
+    pub fn release(&mut self) -> bool {
+        let mut clean = true;
+        for dir in self.mounts.drain(..).rev() {
+            let dir_text = dir.to_string_lossy().to_string();
+            if !run_program("umount", &[&dir_text]).status.success()
+                && !run_program("umount", &["-l", &dir_text]).status.success()
+            {
+                eprintln!("cleanup: cannot unmount {dir_text}");
+                clean = false;
+            }
+        }
+        for device in self.loops.drain(..).rev() {
+            if let Err(error) = detach_loop(&device) {
+                eprintln!("cleanup: {error}");
+            }
+        }
+        clean
+    }
+}
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// `losetup -d device`, then waits until the kernel has released the backing file.
+pub fn detach_loop(device: &str) -> Result<(), String> {
+    let output = run_program("losetup", &["-d", device]);
+    if !output.status.success() {
+        return Err(format!("losetup -d {device}: {}", text(&output)));
+    }
+    let name = device.trim_start_matches("/dev/");
+    let backing = PathBuf::from(format!("/sys/block/{name}/loop/backing_file"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backing.exists() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{device} still has a backing file 10 s after losetup -d"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
