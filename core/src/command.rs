@@ -192,6 +192,32 @@ pub struct LegStatus {
     pub nodes: Vec<String>,
     pub path: String,
     pub state: String,
+    /// The replication link as the primary sees it; present when the answering node is the
+    /// volume's primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+}
+
+/// A peer leg's replication and resync, as its primary reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// `down`, `connecting` or `up`.
+    pub link: String,
+    /// `sync` (every write waits for it), `failing`, `behind` (resync owed) or `promoting`.
+    pub mode: String,
+    /// Bytes still out of sync.
+    pub out_of_sync_bytes: u64,
+    /// Bytes resynced of the current resync, and its total.
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Resync data bytes sent to this leg since this node became primary (zero ranges apart).
+    pub resync_bytes_sent: u64,
+    /// Zero ranges sent as WRITE_ZEROES instead of data.
+    pub resync_zero_bytes_sent: u64,
+    /// Recent resync rate, bytes per second.
+    pub rate_bytes_per_sec: u64,
+    /// Estimated seconds to finish at that rate.
+    pub eta_secs: Option<u64>,
 }
 
 #[cfg(test)]

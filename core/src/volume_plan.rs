@@ -139,6 +139,7 @@ pub fn status(state: &ClusterState, volume: &VolumeInfo) -> VolumeStatus {
                 nodes: leg.nodes.iter().map(|&id| name_of(id)).collect(),
                 path: leg.path.clone(),
                 state: leg.state.as_str().to_string(),
+                sync: None,
             })
             .collect(),
         forced: volume

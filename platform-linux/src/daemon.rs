@@ -291,7 +291,10 @@ impl Daemon {
     fn on_control(&mut self, request: ControlRequest) {
         let ControlRequest { command, reply } = request;
         match self.core.plan_command(self.now(), &command) {
-            Plan::Answer(answer) => {
+            Plan::Answer(mut answer) => {
+                if let Reply::Volumes { volumes } = &mut answer {
+                    self.volumes.annotate(volumes);
+                }
                 let _ = reply.send(answer);
             }
             Plan::Propose(change) => self.propose_for_control(change, reply, None),

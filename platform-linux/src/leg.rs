@@ -126,6 +126,28 @@ impl Leg {
         self.write_zeroes(offset, length, true)
     }
 
+    /// The holes of a file leg (ranges that read as zeroes without being stored), at most
+    /// `limit` of them; empty for block devices or when the file system cannot tell.
+    pub fn holes(&self, limit: usize) -> Vec<(u64, u64)> {
+        let fd = self.file.as_raw_fd();
+        let mut holes = Vec::new();
+        let mut position: i64 = 0;
+        let size = i64::try_from(self.size).unwrap_or(i64::MAX);
+        while position < size && holes.len() < limit {
+            // SAFETY: lseek on a valid descriptor with integer arguments.
+            let hole = unsafe { libc::lseek(fd, position, libc::SEEK_HOLE) };
+            if hole < 0 || hole >= size {
+                break;
+            }
+            // SAFETY: as above.
+            let data = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+            let end = if data < 0 { size } else { data.min(size) };
+            holes.push((hole as u64, (end - hole) as u64));
+            position = end;
+        }
+        holes
+    }
+
     /// Carries out one disk operation of the replication core; a read returns its bytes.
     pub fn run(&self, kind: tandem_core::replication::DiskKind) -> io::Result<Option<Vec<u8>>> {
         use tandem_core::replication::DiskKind;

@@ -3,7 +3,7 @@
 //! Exit codes (DESIGN.md §8): 0 success, 1 the operation was refused or failed, 2 usage or
 //! configuration error.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -104,6 +104,13 @@ enum VolumeVerb {
         #[arg(long)]
         force: bool,
     },
+    /// Resync progress of each leg (ask the primary's node); `--watch` follows it until every
+    /// leg is UpToDate.
+    Resync {
+        name: String,
+        #[arg(long)]
+        watch: bool,
+    },
     /// The primary stops writing.
     Demote {
         name: String,
@@ -154,8 +161,42 @@ fn volume_command(action: VolumeVerb) -> Command {
         VolumeVerb::List => Command::VolumeList,
         VolumeVerb::Show { name } => Command::VolumeShow { name },
         VolumeVerb::Promote { name, node, force } => Command::VolumePromote { name, node, force },
+        VolumeVerb::Resync { name, .. } => Command::VolumeShow { name },
         VolumeVerb::Demote { name } => Command::VolumeDemote { name },
         VolumeVerb::Delete { name } => Command::VolumeDelete { name },
+    }
+}
+
+/// `tandem volume resync NAME [--watch]`: progress once, or until every leg is UpToDate.
+async fn watch_resync(
+    root: &Path,
+    name: &str,
+    watch: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let dir = StateDir::open(root)?;
+    let command = Command::VolumeShow {
+        name: name.to_string(),
+    };
+    loop {
+        let reply = control::call(root, &dir.control_socket_path(), &command).await?;
+        let Reply::Volumes { volumes } = &reply else {
+            print!("{}", render::reply(&reply));
+            return Ok(ExitCode::from(1));
+        };
+        let Some(volume) = volumes.first() else {
+            return Ok(ExitCode::from(1));
+        };
+        if json {
+            println!("{}", serde_json::to_string(volume)?);
+        } else {
+            print!("{}", render::resync_progress(volume));
+        }
+        let synced = volume.legs.iter().all(|leg| leg.state == "UpToDate");
+        if !watch || synced {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 
@@ -221,6 +262,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             NodeVerb::Online { name } => Command::NodeOnline { name },
             NodeVerb::Remove { name } => Command::NodeRemove { name },
         },
+        Verb::Volume {
+            action: VolumeVerb::Resync { name, watch },
+        } => return watch_resync(&root, &name, watch, cli.json).await,
         Verb::Volume { action } => volume_command(action),
     };
     let dir = StateDir::open(&root)?;

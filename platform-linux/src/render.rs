@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use tandem_core::command::VolumeStatus;
+use tandem_core::command::{SyncStatus, VolumeStatus};
 use tandem_core::{NodeStatus, Reply, StatusReport};
 
 /// Renders a reply for a terminal.
@@ -36,6 +36,69 @@ fn human_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// `up sync`, or `up behind 42% 12.0 MiB/s ETA 8s` during a resync.
+pub fn sync_summary(sync: &SyncStatus) -> String {
+    let mut text = format!("{} {}", sync.link, sync.mode);
+    if sync.out_of_sync_bytes > 0 || sync.done_bytes < sync.total_bytes {
+        let _ = write!(
+            text,
+            " {}% {}/s",
+            percent(sync.done_bytes, sync.total_bytes),
+            human_bytes(sync.rate_bytes_per_sec)
+        );
+        if let Some(eta) = sync.eta_secs {
+            let _ = write!(text, " ETA {eta}s");
+        }
+    }
+    text
+}
+
+fn percent(done: u64, total: u64) -> u64 {
+    done.saturating_mul(100).checked_div(total).unwrap_or(100)
+}
+
+/// Bytes with one decimal in the largest binary unit that fits.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u32); 3] = [("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (unit, shift) in UNITS {
+        if bytes >= 1 << shift {
+            return format!("{:.1} {unit}", bytes as f64 / (1u64 << shift) as f64);
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// One progress line per leg for `tandem volume resync --watch`.
+pub fn resync_progress(volume: &VolumeStatus) -> String {
+    let mut out = String::new();
+    for leg in &volume.legs {
+        let Some(sync) = &leg.sync else {
+            let _ = writeln!(
+                out,
+                "leg {} {:<13} (ask the primary for progress)",
+                leg.id, leg.state
+            );
+            continue;
+        };
+        let done = percent(sync.done_bytes, sync.total_bytes);
+        let filled = (done as usize * 30 / 100).min(30);
+        let _ = writeln!(
+            out,
+            "leg {} {:<13} [{}{}] {:>3}% {}/s ETA {} resynced {}",
+            leg.id,
+            leg.state,
+            "#".repeat(filled),
+            ".".repeat(30 - filled),
+            done,
+            human_bytes(sync.rate_bytes_per_sec),
+            sync.eta_secs
+                .map_or("-".to_string(), |eta| format!("{eta}s")),
+            human_bytes(sync.resync_bytes_sent)
+        );
+    }
+    out
+}
+
 fn volume_table(volumes: &[VolumeStatus]) -> String {
     if volumes.is_empty() {
         return "no volumes\n".to_string();
@@ -51,14 +114,19 @@ fn volume_table(volumes: &[VolumeStatus]) -> String {
             volume.primary.as_deref().unwrap_or("none"),
             volume.epoch
         );
-        let _ = writeln!(out, "  {:<4} {:<13} {:<20} PATH", "LEG", "STATE", "NODES");
+        let _ = writeln!(
+            out,
+            "  {:<4} {:<13} {:<16} {:<28} PATH",
+            "LEG", "STATE", "NODES", "REPLICATION"
+        );
         for leg in &volume.legs {
             let _ = writeln!(
                 out,
-                "  {:<4} {:<13} {:<20} {}",
+                "  {:<4} {:<13} {:<16} {:<28} {}",
                 leg.id,
                 leg.state,
                 leg.nodes.join(","),
+                leg.sync.as_ref().map_or("-".to_string(), sync_summary),
                 leg.path
             );
         }

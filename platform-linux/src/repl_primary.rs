@@ -8,12 +8,13 @@
 //! the leg, completions to waiting clients, and leg-state proposals to the daemon, which
 //! commits them through Raft and reports them back with [`EngineInput::LegState`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_core::replication::{Primary, PrimaryAction};
+use tandem_core::command::SyncStatus;
+use tandem_core::replication::{LinkState, PeerMode, Primary, PrimaryAction};
 use tandem_core::volume::{LegId, LegState, VolumeChange, VolumeId};
 use tandem_core::{ClusterId, NodeId, StateChange};
 use tokio::io::AsyncWriteExt;
@@ -96,6 +97,9 @@ pub struct PeerTarget {
     pub address: PeerAddress,
 }
 
+/// Each peer leg's replication as the engine last saw it, for `volume show`.
+pub type SyncBoard = Arc<std::sync::Mutex<BTreeMap<LegId, SyncStatus>>>;
+
 /// What the engine needs to dial peers and report leg states.
 pub struct EngineContext {
     pub cluster: ClusterId,
@@ -103,6 +107,7 @@ pub struct EngineContext {
     pub volume: VolumeId,
     pub tls: Arc<rustls::ClientConfig>,
     pub proposals: mpsc::Sender<StateChange>,
+    pub board: SyncBoard,
 }
 
 /// The frontends' handle on a mirrored volume.
@@ -190,8 +195,17 @@ pub async fn run_primary(
         Ok(leg) => Arc::new(leg),
         Err(error) => return tracing::error!("volume {}: cannot be primary: {error}", setup.name),
     };
+    let mut primary = setup.primary;
+    let holes = leg.holes(tandem_core::replication::MAX_SKIP_RANGES);
+    if let Err(error) = primary.set_skip_ranges(&holes) {
+        tracing::warn!(
+            "volume {}: holes not used for the initial sync: {error}",
+            setup.name
+        );
+    }
     let mut dialers = JoinSet::new();
     let context = &setup.context;
+    let peer_legs: Vec<LegId> = setup.peers.iter().map(|peer| peer.leg).collect();
     for peer in setup.peers {
         let identity = (context.cluster, context.me, context.volume);
         dialers.spawn(dial_peer(
@@ -219,10 +233,10 @@ pub async fn run_primary(
     tracing::info!(
         "volume {} primary here in epoch {}: NBD on {}",
         setup.name,
-        setup.primary.epoch(),
+        primary.epoch(),
         setup.socket.display()
     );
-    run_engine(setup.primary, leg, receiver, setup.context).await;
+    run_engine(primary, leg, receiver, setup.context, peer_legs).await;
 }
 
 /// The engine's state besides the core.
@@ -236,6 +250,9 @@ struct Engine {
     next_request: u64,
     /// When the demotion began, if it did.
     stopping_since: Option<Instant>,
+    peer_legs: Vec<LegId>,
+    /// Per peer leg: (resynced bytes, at ms, rate in bytes/s) at the last publication.
+    rates: HashMap<LegId, (u64, u64, u64)>,
 }
 
 async fn run_engine(
@@ -243,6 +260,7 @@ async fn run_engine(
     leg: Arc<Leg>,
     mut inputs: mpsc::Receiver<EngineInput>,
     context: EngineContext,
+    peer_legs: Vec<LegId>,
 ) {
     let mut engine = Engine {
         primary,
@@ -253,6 +271,8 @@ async fn run_engine(
         waiting: HashMap::new(),
         next_request: 1,
         stopping_since: None,
+        peer_legs,
+        rates: HashMap::new(),
     };
     let mut ticker = tokio::time::interval(TICK);
     loop {
@@ -267,6 +287,8 @@ async fn run_engine(
             }
         }
         engine.drain();
+        let now = engine.now();
+        engine.publish(now);
         if engine.drained() {
             break;
         }
@@ -346,6 +368,45 @@ impl Engine {
             self.context.volume
         );
         true
+    }
+
+    /// Refreshes the sync board from the core (after every input, so status is current).
+    fn publish(&mut self, now: u64) {
+        let mut board = BTreeMap::new();
+        for &leg in &self.peer_legs {
+            let Some(peer) = self.primary.peer_status(leg) else {
+                continue;
+            };
+            let (done, total) = self.primary.progress(leg);
+            let (last_done, last_at, last_rate) =
+                self.rates.get(&leg).copied().unwrap_or((done, now, 0));
+            let rate = if now >= last_at + 1000 {
+                let rate = done.saturating_sub(last_done) * 1000 / (now - last_at);
+                self.rates.insert(leg, (done, now, rate));
+                rate
+            } else {
+                self.rates.entry(leg).or_insert((done, now, last_rate));
+                last_rate
+            };
+            let remaining = total.saturating_sub(done);
+            board.insert(
+                leg,
+                SyncStatus {
+                    link: link_name(peer.link).to_string(),
+                    mode: mode_name(peer.mode).to_string(),
+                    out_of_sync_bytes: peer.dirty_bytes,
+                    done_bytes: done,
+                    total_bytes: total,
+                    resync_bytes_sent: self.primary.resync_bytes_sent(leg),
+                    resync_zero_bytes_sent: self.primary.resync_zero_bytes_sent(leg),
+                    rate_bytes_per_sec: rate,
+                    eta_secs: (rate > 0 && remaining > 0).then(|| remaining.div_ceil(rate)),
+                },
+            );
+        }
+        if let Ok(mut shared) = self.context.board.lock() {
+            *shared = board;
+        }
     }
 
     fn is_current(&self, leg: LegId, generation: u64) -> bool {
@@ -461,6 +522,23 @@ impl Engine {
         if let Err(error) = reported {
             tracing::error!("replication core refused a completion: {error}");
         }
+    }
+}
+
+fn link_name(link: LinkState) -> &'static str {
+    match link {
+        LinkState::Down => "down",
+        LinkState::Connecting => "connecting",
+        LinkState::Up => "up",
+    }
+}
+
+fn mode_name(mode: PeerMode) -> &'static str {
+    match mode {
+        PeerMode::Sync => "sync",
+        PeerMode::Failing => "failing",
+        PeerMode::Behind => "behind",
+        PeerMode::Promoting => "promoting",
     }
 }
 

@@ -11,13 +11,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tandem_core::command::VolumeStatus;
 use tandem_core::replication::{Ident, PeerLeg, Primary};
 use tandem_core::volume::{LegId, LegState, VolumeId, VolumeInfo};
 use tandem_core::{ClusterId, ClusterState, NodeId, StateChange};
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
-use crate::repl_primary::{self, EngineContext, EngineInput, PeerTarget, PrimarySetup};
+use crate::repl_primary::{self, EngineContext, EngineInput, PeerTarget, PrimarySetup, SyncBoard};
 use crate::repl_secondary::{self, SessionSpec};
 use crate::transport::{ByteStream, PeerAddress};
 
@@ -31,6 +32,7 @@ struct Hosted {
     inputs: mpsc::Sender<EngineInput>,
     /// Leg states last reported to the engine.
     reported: BTreeMap<LegId, LegState>,
+    board: SyncBoard,
 }
 
 impl Drop for Hosted {
@@ -189,12 +191,14 @@ impl VolumeHost {
             BITMAP_GRAIN,
         )
         .map_err(|error| error.to_string())?;
+        let board = SyncBoard::default();
         let context = EngineContext {
             cluster: self.context.cluster,
             me,
             volume: volume.id,
             tls: self.context.tls.clone(),
             proposals: self.context.proposals.clone(),
+            board: board.clone(),
         };
         let setup = PrimarySetup {
             primary,
@@ -215,7 +219,23 @@ impl VolumeHost {
             task: Some(task),
             inputs,
             reported,
+            board,
         })
+    }
+
+    /// Adds what this node knows as primary (link, resync progress) to a volume listing.
+    pub fn annotate(&self, volumes: &mut [VolumeStatus]) {
+        for volume in volumes {
+            let Some(hosted) = self.hosted.get(&volume.id) else {
+                continue;
+            };
+            let Ok(board) = hosted.board.lock() else {
+                continue;
+            };
+            for leg in &mut volume.legs {
+                leg.sync = board.get(&leg.id).cloned();
+            }
+        }
     }
 
     /// A primary opened a replication stream to this node for `volume`.

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod nbd_client;
+
 /// The `tandem` binary under test: `$TANDEM_BIN`, or the one cargo built next to this test.
 pub fn tandem_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("TANDEM_BIN") {
