@@ -212,6 +212,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
             break;
         }
     }
+    daemon.volumes.shutdown().await;
     let _ = std::fs::remove_file(dir.control_socket_path());
     tracing::info!("daemon stopped");
     Ok(())

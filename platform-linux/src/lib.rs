@@ -6,6 +6,7 @@ pub mod demo;
 pub mod fuse_export;
 pub mod join;
 pub mod leg;
+pub mod meta_store;
 pub mod nbd_serve;
 pub mod pki;
 pub mod raftlog;

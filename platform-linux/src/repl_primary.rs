@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_core::command::SyncStatus;
+use tandem_core::legmeta::Expectation;
 use tandem_core::replication::{LinkState, PeerMode, Primary, PrimaryAction};
 use tandem_core::volume::{LegId, LegState, VolumeChange, VolumeId};
 use tandem_core::{ClusterId, NodeId, StateChange};
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::fuse_export::FuseExport;
 use crate::leg::Leg;
+use crate::meta_store::MetaStore;
 use crate::nbd_serve::NbdFrontend;
 use crate::repl_secondary::read_frames;
 use crate::transport::{self, PeerAddress};
@@ -165,8 +167,9 @@ impl VolumeIo for EngineHandle {
 
 /// Everything a primary needs to run; the volume host builds it from the committed state.
 pub struct PrimarySetup {
-    pub primary: Primary,
+    pub my_leg: LegId,
     pub leg_path: std::path::PathBuf,
+    pub meta_path: std::path::PathBuf,
     pub size: u64,
     pub peers: Vec<PeerTarget>,
     pub context: EngineContext,
@@ -187,22 +190,15 @@ pub fn engine_channel() -> (mpsc::Sender<EngineInput>, mpsc::Receiver<EngineInpu
 /// says this node is no longer primary in this epoch).
 pub async fn run_primary(
     setup: PrimarySetup,
+    primary: Primary,
     inputs: mpsc::Sender<EngineInput>,
     receiver: mpsc::Receiver<EngineInput>,
 ) {
     let _exclusive = setup.leg_lock.clone().lock_owned().await;
-    let leg = match Leg::open(&setup.leg_path, setup.size) {
-        Ok(leg) => Arc::new(leg),
+    let (leg, primary, keeper) = match prepare(&setup, primary) {
+        Ok(prepared) => prepared,
         Err(error) => return tracing::error!("volume {}: cannot be primary: {error}", setup.name),
     };
-    let mut primary = setup.primary;
-    let holes = leg.holes(tandem_core::replication::MAX_SKIP_RANGES);
-    if let Err(error) = primary.set_skip_ranges(&holes) {
-        tracing::warn!(
-            "volume {}: holes not used for the initial sync: {error}",
-            setup.name
-        );
-    }
     let mut dialers = JoinSet::new();
     let context = &setup.context;
     let peer_legs: Vec<LegId> = setup.peers.iter().map(|peer| peer.leg).collect();
@@ -236,7 +232,7 @@ pub async fn run_primary(
         primary.epoch(),
         setup.socket.display()
     );
-    run_engine(primary, leg, receiver, setup.context, peer_legs).await;
+    run_engine(primary, leg, receiver, setup.context, peer_legs, keeper).await;
 }
 
 /// The engine's state besides the core.
@@ -251,6 +247,7 @@ struct Engine {
     /// When the demotion began, if it did.
     stopping_since: Option<Instant>,
     peer_legs: Vec<LegId>,
+    keeper: BitmapKeeper,
     /// Per peer leg: (resynced bytes, at ms, rate in bytes/s) at the last publication.
     rates: HashMap<LegId, (u64, u64, u64)>,
 }
@@ -261,6 +258,7 @@ async fn run_engine(
     mut inputs: mpsc::Receiver<EngineInput>,
     context: EngineContext,
     peer_legs: Vec<LegId>,
+    keeper: BitmapKeeper,
 ) {
     let mut engine = Engine {
         primary,
@@ -272,6 +270,7 @@ async fn run_engine(
         next_request: 1,
         stopping_since: None,
         peer_legs,
+        keeper,
         rates: HashMap::new(),
     };
     let mut ticker = tokio::time::interval(TICK);
@@ -287,6 +286,7 @@ async fn run_engine(
             }
         }
         engine.drain();
+        engine.keeper.write_changed(&mut engine.primary);
         let now = engine.now();
         engine.publish(now);
         if engine.drained() {
@@ -363,6 +363,7 @@ impl Engine {
                 leg.path().display()
             );
         }
+        self.keeper.close_clean(&mut self.primary);
         tracing::info!(
             "volume {}: demoted cleanly; frontend stopped",
             self.context.volume
@@ -539,6 +540,130 @@ fn mode_name(mode: PeerMode) -> &'static str {
         PeerMode::Failing => "failing",
         PeerMode::Behind => "behind",
         PeerMode::Promoting => "promoting",
+    }
+}
+
+/// Opens the metadata (refusing a foreign or corrupt file before the leg is touched) and the
+/// leg, and builds the core with the persisted bitmaps and the leg's holes.
+fn prepare(
+    setup: &PrimarySetup,
+    mut primary: Primary,
+) -> Result<(Arc<Leg>, Primary, BitmapKeeper), String> {
+    let context = &setup.context;
+    let expect = Expectation {
+        cluster: context.cluster,
+        volume: context.volume,
+        leg: setup.my_leg,
+    };
+    let store = MetaStore::open(&setup.meta_path, expect, setup.size).map_err(|e| e.to_string())?;
+    let leg = Arc::new(Leg::open(&setup.leg_path, setup.size).map_err(|e| e.to_string())?);
+    let holes = leg.holes(tandem_core::replication::MAX_SKIP_RANGES);
+    if let Err(error) = primary.set_skip_ranges(&holes) {
+        tracing::warn!(
+            "volume {}: holes not used for the initial sync: {error}",
+            setup.name
+        );
+    }
+    let peers: Vec<(LegId, NodeId)> = setup.peers.iter().map(|p| (p.leg, p.node)).collect();
+    let keeper = BitmapKeeper::open(store, &peers, &mut primary, &setup.name)?;
+    Ok((leg, primary, keeper))
+}
+
+/// Keeps the primary's per-peer bitmaps in the leg's metadata file.
+struct BitmapKeeper {
+    store: MetaStore,
+    slots: Vec<(LegId, u16)>,
+}
+
+impl BitmapKeeper {
+    /// Loads the bitmaps a clean stop left (a crash left `primary_open` set: then they are not
+    /// trusted and the core's default, all dirty for peers that are behind, stands), then
+    /// marks this leg open as primary before the first write.
+    fn open(
+        mut store: MetaStore,
+        peers: &[(LegId, NodeId)],
+        primary: &mut Primary,
+        name: &str,
+    ) -> Result<BitmapKeeper, String> {
+        let crashed = store.superblock().primary_open;
+        if crashed {
+            tracing::warn!("volume {name}: the last primary run here did not stop cleanly; peers that are behind get a full resync");
+        }
+        let mut slots = Vec::new();
+        for &(leg, node) in peers {
+            let Some(slot) = store.slot_for(leg, node).map_err(|e| e.to_string())? else {
+                tracing::warn!("volume {name}: no free bitmap slot for leg {leg}; its bitmap lives in memory only");
+                continue;
+            };
+            slots.push((leg, slot));
+            let loaded = if crashed {
+                None
+            } else {
+                store.load_bitmap(slot).map_err(|e| e.to_string())?
+            };
+            let behind = primary
+                .peer_status(leg)
+                .is_some_and(|p| p.committed != LegState::UpToDate);
+            if let (Some(bitmap), true) = (loaded, behind) {
+                tracing::info!(
+                    "volume {name}: leg {leg} owes {} bytes (persisted bitmap)",
+                    bitmap.dirty_bytes()
+                );
+                primary
+                    .set_peer_bitmap(leg, bitmap)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let in_use: Vec<u16> = slots.iter().map(|&(_, slot)| slot).collect();
+        store
+            .set_bitmaps_valid(&in_use, false)
+            .map_err(|e| e.to_string())?;
+        store
+            .set_primary_open(true, primary.epoch())
+            .map_err(|e| e.to_string())?;
+        let mut keeper = BitmapKeeper { store, slots };
+        keeper.write_all(primary);
+        Ok(keeper)
+    }
+
+    /// Writes the pages that changed since the last call (lazily; a crash distrusts them).
+    fn write_changed(&mut self, primary: &mut Primary) {
+        for &(leg, slot) in &self.slots {
+            let Some(bitmap) = primary.peer_bitmap_mut(leg) else {
+                continue;
+            };
+            let pages = bitmap.take_dirty_pages();
+            if !pages.is_empty() {
+                if let Err(error) = self.store.store_pages(slot, bitmap, &pages) {
+                    tracing::error!("{error}");
+                }
+            }
+        }
+    }
+
+    fn write_all(&mut self, primary: &mut Primary) {
+        for &(leg, slot) in &self.slots {
+            if let Some(bitmap) = primary.peer_bitmap(leg) {
+                let pages: Vec<u32> = (0..bitmap.page_count()).collect();
+                if let Err(error) = self.store.store_pages(slot, bitmap, &pages) {
+                    tracing::error!("{error}");
+                }
+            }
+        }
+    }
+
+    /// A clean stop: every bitmap written and synced, then marked valid, then primary closed.
+    fn close_clean(&mut self, primary: &mut Primary) {
+        self.write_all(primary);
+        let in_use: Vec<u16> = self.slots.iter().map(|&(_, slot)| slot).collect();
+        let closed = self
+            .store
+            .sync()
+            .and_then(|_| self.store.set_bitmaps_valid(&in_use, true))
+            .and_then(|_| self.store.set_primary_open(false, primary.epoch()));
+        if let Err(error) = closed {
+            tracing::error!("{error}");
+        }
     }
 }
 

@@ -11,12 +11,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tandem_core::legmeta::Expectation;
 use tandem_core::replication::{wire, Ident, Secondary, SecondaryAction};
 use tandem_core::volume::LegId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::leg::Leg;
+use crate::meta_store::MetaStore;
 use crate::transport::ByteStream;
 
 /// Bound on action rounds after one input (each disk completion may release more work).
@@ -29,6 +31,8 @@ pub struct SessionSpec {
     pub ident: Ident,
     pub leg: LegId,
     pub leg_path: PathBuf,
+    /// The leg's metadata file (identity checked before the leg is touched).
+    pub meta_path: PathBuf,
     pub size: u64,
     pub epoch: watch::Receiver<u64>,
     pub leg_lock: Arc<Mutex<()>>,
@@ -38,6 +42,14 @@ pub struct SessionSpec {
 /// Runs one replication stream from a primary until it closes or is dropped.
 pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
     let _exclusive = spec.leg_lock.clone().lock_owned().await;
+    let expect = Expectation {
+        cluster: spec.ident.cluster,
+        volume: spec.ident.volume,
+        leg: spec.leg,
+    };
+    if let Err(error) = MetaStore::open(&spec.meta_path, expect, spec.size) {
+        return tracing::error!("replication from {} refused: {error}", spec.peer);
+    }
     let leg = match Leg::open(&spec.leg_path, spec.size) {
         Ok(leg) => leg,
         Err(error) => {

@@ -18,9 +18,13 @@ use tandem_core::{ClusterId, ClusterState, NodeId, StateChange};
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
+use crate::meta_store::MetaStore;
 use crate::repl_primary::{self, EngineContext, EngineInput, PeerTarget, PrimarySetup, SyncBoard};
 use crate::repl_secondary::{self, SessionSpec};
 use crate::transport::{ByteStream, PeerAddress};
+
+/// How long a clean daemon stop waits for its primaries to drain.
+const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Out-of-sync bitmap grain (see `legmeta`: 4 KiB, as DRBD).
 const BITMAP_GRAIN: u64 = 4096;
@@ -201,8 +205,9 @@ impl VolumeHost {
             board: board.clone(),
         };
         let setup = PrimarySetup {
-            primary,
+            my_leg: my_leg.id,
             leg_path: PathBuf::from(&my_leg.path),
+            meta_path: MetaStore::path_for(&self.context.state_dir, volume.id, my_leg.id),
             size: volume.size,
             peers: targets,
             context,
@@ -212,7 +217,12 @@ impl VolumeHost {
             leg_lock: self.leg_lock(volume.id),
         };
         let (inputs, receiver) = repl_primary::engine_channel();
-        let task = tokio::spawn(repl_primary::run_primary(setup, inputs.clone(), receiver));
+        let task = tokio::spawn(repl_primary::run_primary(
+            setup,
+            primary,
+            inputs.clone(),
+            receiver,
+        ));
         let reported = volume.legs.iter().map(|leg| (leg.id, leg.state)).collect();
         Ok(Hosted {
             epoch: volume.epoch,
@@ -221,6 +231,24 @@ impl VolumeHost {
             reported,
             board,
         })
+    }
+
+    /// A clean stop of the daemon: every primary drains (in-flight requests complete on every
+    /// leg), flushes and writes its bitmaps, so the next start trusts them. Bounded: a primary
+    /// that cannot finish in time is left to the crash path (full resync of lagging peers).
+    pub async fn shutdown(&mut self) {
+        let mut tasks = Vec::new();
+        for hosted in self.hosted.values_mut() {
+            let _ = hosted.inputs.try_send(EngineInput::Stop);
+            tasks.extend(hosted.task.take());
+        }
+        tasks.append(&mut self.draining);
+        for task in tasks {
+            if tokio::time::timeout(SHUTDOWN_LIMIT, task).await.is_err() {
+                tracing::warn!("a volume did not stop within {SHUTDOWN_LIMIT:?}");
+            }
+        }
+        self.hosted.clear();
     }
 
     /// Adds what this node knows as primary (link, resync progress) to a volume listing.
@@ -274,6 +302,7 @@ impl VolumeHost {
             },
             leg: leg.id,
             leg_path: PathBuf::from(&leg.path),
+            meta_path: MetaStore::path_for(&self.context.state_dir, volume, leg.id),
             size: info.size,
             epoch,
             leg_lock: self.leg_lock(volume),

@@ -203,12 +203,29 @@ impl TestCluster {
         }
     }
 
-    /// A fresh join token from `via`.
+    /// A clean stop (SIGTERM) of the daemon of `name`, waiting for it to exit.
+    pub fn stop(&mut self, name: &str) {
+        if let Some(mut child) = self.node_mut(name).child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on the PID of a child this harness started and has not reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// A fresh join token from `via`. While a new second voter is still starting, a two-voter
+    /// cluster has no quorum and refuses; that heals once it is up, so this retries.
     pub fn token(&self, via: &str) -> String {
-        let output = cli(&self.node(via).dir, &["token", "--json"]);
-        assert!(output.status.success(), "token failed: {}", text(&output));
-        let reply: Value = serde_json::from_slice(&output.stdout).expect("token json");
-        reply["token"].as_str().expect("token field").to_string()
+        let mut last = String::new();
+        let token = wait_for("a join token", Duration::from_secs(20), || {
+            let output = cli(&self.node(via).dir, &["token", "--json"]);
+            last = text(&output);
+            let reply: Value = serde_json::from_slice(&output.stdout).ok()?;
+            reply["token"].as_str().map(str::to_string)
+        });
+        assert!(!token.is_empty(), "token failed: {last}");
+        token
     }
 
     /// `tandem join` of a new node through `via`, then starts it.

@@ -1,0 +1,174 @@
+//! Tier-3 tests of leg metadata through real daemons: a corrupt or foreign metadata file is
+//! refused with its path and the leg is left untouched; a primary that stopped cleanly trusts
+//! its persisted bitmaps, so a lagging secondary is resynced only where it missed writes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tandem_tests::{cli, text, wait_for, TestCluster};
+
+fn meta_path(cluster: &TestCluster, node: &str, volume: u64, leg: u32) -> PathBuf {
+    cluster
+        .node(node)
+        .dir
+        .join(format!("meta/vol{volume}-leg{leg}.meta"))
+}
+
+fn ok(output: std::process::Output) {
+    assert!(output.status.success(), "{}", text(&output));
+}
+
+fn crc(path: &Path) -> u32 {
+    crc32c_of(&std::fs::read(path).expect("read leg"))
+}
+
+fn crc32c_of(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Promotes `volume` on a and waits until its NBD socket is up, then demotes it cleanly.
+fn serve_once(cluster: &TestCluster, volume: &str) {
+    let a = &cluster.node("a").dir;
+    ok(cli(a, &["volume", "promote", volume, "--node", "a"]));
+    let socket = a.join(format!("nbd-{volume}.sock"));
+    wait_for("the NBD socket", Duration::from_secs(30), || {
+        socket.exists().then_some(())
+    });
+    ok(cli(a, &["volume", "demote", volume]));
+    wait_for("the NBD socket to go", Duration::from_secs(30), || {
+        (!socket.exists()).then_some(())
+    });
+}
+
+#[test]
+fn corrupt_or_foreign_leg_metadata_is_refused_and_the_leg_is_untouched() {
+    let cluster = TestCluster::form("meta-bad", &["a"], &[]);
+    let a = cluster.node("a").dir.clone();
+    for name in ["db", "other"] {
+        let leg = format!("a:{}", cluster.root.join(format!("{name}.leg")).display());
+        ok(cli(
+            &a,
+            &["volume", "create", name, "--size", "8M", "--leg", &leg],
+        ));
+        serve_once(&cluster, name);
+    }
+    let leg = cluster.root.join("db.leg");
+    std::fs::write(&leg, vec![0x5au8; 8 << 20]).expect("fill the leg");
+    let before = crc(&leg);
+    let meta = meta_path(&cluster, "a", 1, 0);
+
+    // Both superblock copies overwritten: not tandem metadata.
+    let mut bytes = std::fs::read(&meta).expect("meta");
+    bytes[..8192].fill(0xee);
+    std::fs::write(&meta, &bytes).expect("corrupt");
+    ok(cli(&a, &["volume", "promote", "db", "--node", "a"]));
+    wait_for("the refusal", Duration::from_secs(10), || {
+        let log = cluster.node("a").log();
+        (log.contains(&meta.display().to_string()) && log.contains("not tandem metadata"))
+            .then_some(())
+    });
+    assert!(
+        !a.join("nbd-db.sock").exists(),
+        "a refused leg must not be served"
+    );
+    ok(cli(&a, &["volume", "demote", "db"]));
+
+    // Another volume's metadata in its place: foreign.
+    std::fs::copy(meta_path(&cluster, "a", 2, 0), &meta).expect("copy foreign meta");
+    ok(cli(&a, &["volume", "promote", "db", "--node", "a"]));
+    wait_for("the foreign refusal", Duration::from_secs(10), || {
+        let log = cluster.node("a").log();
+        log.contains("superblock belongs to volume 2, expected volume 1")
+            .then_some(())
+    });
+    assert!(!a.join("nbd-db.sock").exists());
+    assert_eq!(crc(&leg), before, "the leg was touched");
+}
+
+fn sync_of(cluster: &TestCluster, leg: usize) -> Value {
+    let output = cli(&cluster.node("a").dir, &["volume", "show", "db", "--json"]);
+    let reply: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    reply["volumes"][0]["legs"][leg].clone()
+}
+
+#[test]
+fn after_a_clean_primary_restart_a_lagging_secondary_gets_only_what_it_missed() {
+    let mut cluster = TestCluster::form("meta-clean", &["a", "b"], &["w"]);
+    let a = cluster.node("a").dir.clone();
+    let legs: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|n| format!("{n}:{}", cluster.root.join(format!("{n}.leg")).display()))
+        .collect();
+    ok(cli(
+        &a,
+        &[
+            "volume", "create", "db", "--size", "16M", "--leg", &legs[0], "--leg", &legs[1],
+        ],
+    ));
+    ok(cli(&a, &["volume", "promote", "db", "--node", "a"]));
+    wait_for("leg 1 UpToDate", Duration::from_secs(60), || {
+        (sync_of(&cluster, 1)["state"] == "UpToDate").then_some(())
+    });
+
+    // Fill the whole volume first, so a full resync would send all 16 MiB, not just data
+    // around holes.
+    let socket = a.join("nbd-db.sock");
+    let uri = format!("nbd+unix:///db?socket={}", socket.display());
+    let fill = cluster.root.join("fill.bin");
+    std::fs::write(&fill, vec![0xa5u8; 16 << 20]).expect("fill file");
+    let output = Command::new("nbdcopy")
+        .args([fill.to_str().expect("utf-8"), &uri])
+        .output()
+        .expect("nbdcopy");
+    assert!(output.status.success(), "{}", text(&output));
+    cluster.kill("b");
+    let output = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            &uri,
+            "-c",
+            "write -P 0x11 2M 128k",
+            "-c",
+            "write -P 0x22 9M 64k",
+        ])
+        .output()
+        .expect("qemu-io");
+    assert!(output.status.success(), "{}", text(&output));
+    let written: u64 = (128 + 64) << 10;
+
+    // A clean stop of the primary persists the bitmap; the restarted primary trusts it.
+    cluster.stop("a");
+    assert!(
+        cluster.node("a").log().contains("demoted cleanly"),
+        "{}",
+        cluster.node("a").log()
+    );
+    cluster.start("a");
+    cluster.start("b");
+    wait_for("leg 1 UpToDate again", Duration::from_secs(60), || {
+        (sync_of(&cluster, 1)["state"] == "UpToDate").then_some(())
+    });
+    let sync = sync_of(&cluster, 1)["sync"].clone();
+    let sent = sync["resync_bytes_sent"].as_u64().expect("resync bytes");
+    eprintln!(
+        "written while b was down: {written} bytes; resync after a's clean restart: {sent} bytes"
+    );
+    assert_eq!(sent, written, "{sync}");
+    let first = std::fs::read(cluster.root.join("a.leg")).expect("leg a");
+    let second = std::fs::read(cluster.root.join("b.leg")).expect("leg b");
+    assert!(first == second, "the legs differ");
+}
