@@ -172,3 +172,63 @@ fn after_a_clean_primary_restart_a_lagging_secondary_gets_only_what_it_missed() 
     let second = std::fs::read(cluster.root.join("b.leg")).expect("leg b");
     assert!(first == second, "the legs differ");
 }
+
+#[test]
+fn a_primary_that_crashed_mid_write_outdates_and_resyncs_its_peer_on_restart() {
+    let mut cluster = TestCluster::form("meta-crash", &["a", "b"], &["w"]);
+    let a = cluster.node("a").dir.clone();
+    let legs: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|n| format!("{n}:{}", cluster.root.join(format!("{n}.leg")).display()))
+        .collect();
+    ok(cli(
+        &a,
+        &[
+            "volume", "create", "db", "--size", "16M", "--leg", &legs[0], "--leg", &legs[1],
+        ],
+    ));
+    ok(cli(&a, &["volume", "promote", "db", "--node", "a"]));
+    wait_for("leg 1 UpToDate", Duration::from_secs(60), || {
+        (sync_of(&cluster, 1)["state"] == "UpToDate").then_some(())
+    });
+    let socket = a.join("nbd-db.sock");
+    let writer = std::thread::spawn(move || {
+        let Ok(mut client) = tandem_tests::nbd_client::NbdClient::connect(&socket, "db") else {
+            return 0u64;
+        };
+        let mut acked = 0;
+        for block in 0.. {
+            let data = vec![(block % 251) as u8; 65536];
+            if client
+                .write((block * 65536) % (16 << 20), &data, false)
+                .is_err()
+            {
+                break;
+            }
+            acked += 1;
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    cluster.kill("a");
+    let acked = writer.join().expect("writer");
+    assert!(acked > 0, "no write was acknowledged before the kill");
+
+    cluster.start("a");
+    wait_for("the crash to be noticed", Duration::from_secs(30), || {
+        cluster
+            .node("a")
+            .log()
+            .contains("did not stop cleanly")
+            .then_some(())
+    });
+    wait_for("leg 1 resynced", Duration::from_secs(60), || {
+        let leg = sync_of(&cluster, 1);
+        (leg["state"] == "UpToDate" && leg["sync"]["mode"] == "sync").then_some(())
+    });
+    let log = cluster.node("a").log();
+    assert!(log.contains("peer leg 1 failed"), "{log}");
+    let first = std::fs::read(cluster.root.join("a.leg")).expect("leg a");
+    let second = std::fs::read(cluster.root.join("b.leg")).expect("leg b");
+    assert!(first == second, "the legs differ after the crash resync");
+}

@@ -336,3 +336,44 @@ fn no_acknowledged_write_is_lost_across_20_kill_points_of_the_primary() {
         version
     );
 }
+
+#[test]
+fn verify_reports_a_corrupted_block_and_repair_makes_the_legs_identical() {
+    let mut cluster = mirrored("repl-verify");
+    write_through(&cluster, "a", &random_bytes(SIZE, 0x7e57), "in.bin");
+    let a = cluster.node("a").dir.clone();
+    let output = cli(&a, &["volume", "verify", "db"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("leg 1: compared 16.0 MiB: identical"),
+        "{}",
+        text(&output)
+    );
+
+    // One block of b's leg changes behind tandem's back while b is down.
+    cluster.kill("b");
+    wait_leg_state(&cluster, "a", 1, "Outdated");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(leg_path(&cluster, "b"))
+        .expect("open b's leg");
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0xeeu8; 4096], 5 << 20).expect("corrupt");
+    drop(file);
+    cluster.start("b");
+    wait_leg_state(&cluster, "a", 1, "UpToDate");
+
+    let output = cli(&a, &["volume", "verify", "db"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("mismatch at offset 5242880, 4096 bytes"),
+        "{}",
+        text(&output)
+    );
+    let output = cli(&a, &["volume", "verify", "db", "--repair"]);
+    assert!(output.status.success(), "{}", text(&output));
+    wait_for("the repair", Duration::from_secs(30), || {
+        let output = cli(&a, &["volume", "verify", "db"]);
+        text(&output).contains("identical").then_some(())
+    });
+    assert_legs_identical(&cluster);
+}

@@ -45,6 +45,12 @@ pub enum Command {
         node: String,
         force: bool,
     },
+    /// Compare every UpToDate peer leg with the primary's, block by block by checksum;
+    /// `repair` resyncs mismatching blocks from the primary. Runs on the primary's node.
+    VolumeVerify {
+        name: String,
+        repair: bool,
+    },
     /// The primary stops writing; the volume has no primary.
     VolumeDemote {
         name: String,
@@ -218,6 +224,22 @@ pub struct SyncStatus {
     pub rate_bytes_per_sec: u64,
     /// Estimated seconds to finish at that rate.
     pub eta_secs: Option<u64>,
+    /// The last online verify of this leg, if one ran since this node became primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyReport>,
+}
+
+/// An online verify's progress and findings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Mismatching `(offset, length)` ranges, the first ones.
+    pub mismatches: Vec<(u64, u64)>,
+    pub mismatched_bytes: u64,
+    pub repair: bool,
+    pub finished: bool,
+    pub aborted: Option<String>,
 }
 
 #[cfg(test)]

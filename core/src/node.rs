@@ -97,6 +97,11 @@ pub enum Plan {
     MakeToken {
         ttl_secs: u64,
     },
+    /// An online verify of a volume this node is primary of: the data path runs it.
+    Verify {
+        volume: crate::volume::VolumeId,
+        repair: bool,
+    },
 }
 
 /// A state change as it travels through the Raft log.
@@ -478,7 +483,7 @@ impl NodeCore {
     /// Decides what an operator command means on this node.
     pub fn plan_command(&self, now: u64, command: &Command) -> Plan {
         let gone = |id: NodeId| self.is_gone(now, id);
-        if let Some(plan) = crate::volume_plan::plan(&self.state, command, gone) {
+        if let Some(plan) = crate::volume_plan::plan(&self.state, self.id, command, gone) {
             return plan;
         }
         let by_name = |name: &str| {

@@ -11,6 +11,7 @@ use crate::volume::{LegSpec, VolumeChange, VolumeInfo};
 /// says whether a node is offline and its lease has lapsed, as this node sees it.
 pub fn plan(
     state: &ClusterState,
+    me: NodeId,
     command: &Command,
     gone: impl Fn(NodeId) -> bool,
 ) -> Option<Plan> {
@@ -25,6 +26,7 @@ pub fn plan(
             })
         }),
         Command::VolumePromote { name, node, force } => promote(state, name, node, *force, &gone),
+        Command::VolumeVerify { name, repair } => verify(state, me, name, *repair),
         Command::VolumeDemote { name } => volume(state, name).map(|v| {
             change(VolumeChange::Demote {
                 volume: v.id,
@@ -88,6 +90,24 @@ fn promote(
     });
     state.validate(&change).map_err(|error| error.to_string())?;
     Ok(Plan::Propose(change))
+}
+
+/// Verify runs where the data is written: on the primary's node.
+fn verify(state: &ClusterState, me: NodeId, name: &str, repair: bool) -> Result<Plan, String> {
+    let volume = volume(state, name)?;
+    match volume.primary {
+        Some(primary) if primary == me => Ok(Plan::Verify {
+            volume: volume.id,
+            repair,
+        }),
+        Some(primary) => {
+            let node = state.nodes.get(&primary).map_or("?", |n| n.name.as_str());
+            Err(format!(
+                "volume {name} is primary on {node}: run verify there"
+            ))
+        }
+        None => Err(format!("volume {name} has no primary: promote it first")),
+    }
 }
 
 fn create(

@@ -299,6 +299,23 @@ impl Daemon {
                 let _ = reply.send(answer);
             }
             Plan::Propose(change) => self.propose_for_control(change, reply, None),
+            Plan::Verify { volume, repair } => match self.volumes.start_verify(volume, repair) {
+                Ok(started) => {
+                    tokio::spawn(async move {
+                        let answer = match started.await {
+                            Ok(Ok(message)) => Reply::Done { message },
+                            Ok(Err(message)) => Reply::Refused { message },
+                            Err(_) => Reply::Refused {
+                                message: "the volume stopped being primary here".into(),
+                            },
+                        };
+                        let _ = reply.send(answer);
+                    });
+                }
+                Err(message) => {
+                    let _ = reply.send(Reply::Refused { message });
+                }
+            },
             Plan::MakeToken { ttl_secs } => {
                 let token = JoinToken::generate(self.core.cluster(), self.ca_fingerprint);
                 let now_unix = unix_now();

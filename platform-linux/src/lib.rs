@@ -17,5 +17,6 @@ pub mod setup;
 pub mod statedir;
 pub mod token;
 pub mod transport;
+pub mod verify;
 pub mod volume_io;
 pub mod volumes;

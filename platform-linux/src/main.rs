@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tandem_core::command::LegRequest;
 use tandem_core::{Command, Reply};
-use tandem_linux::{config, control, daemon, demo, render, setup, statedir::StateDir};
+use tandem_linux::{config, control, daemon, demo, render, setup, statedir::StateDir, verify};
 
 #[derive(Parser)]
 #[command(
@@ -111,6 +111,13 @@ enum VolumeVerb {
         #[arg(long)]
         watch: bool,
     },
+    /// Compare the legs block by block by checksum (on the primary's node) and wait for the
+    /// result; `--repair` resyncs mismatching blocks from the primary.
+    Verify {
+        name: String,
+        #[arg(long)]
+        repair: bool,
+    },
     /// The primary stops writing.
     Demote {
         name: String,
@@ -162,6 +169,7 @@ fn volume_command(action: VolumeVerb) -> Command {
         VolumeVerb::Show { name } => Command::VolumeShow { name },
         VolumeVerb::Promote { name, node, force } => Command::VolumePromote { name, node, force },
         VolumeVerb::Resync { name, .. } => Command::VolumeShow { name },
+        VolumeVerb::Verify { name, repair } => Command::VolumeVerify { name, repair },
         VolumeVerb::Demote { name } => Command::VolumeDemote { name },
         VolumeVerb::Delete { name } => Command::VolumeDelete { name },
     }
@@ -265,6 +273,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Verb::Volume {
             action: VolumeVerb::Resync { name, watch },
         } => return watch_resync(&root, &name, watch, cli.json).await,
+        Verb::Volume {
+            action: VolumeVerb::Verify { name, repair },
+        } => return verify::run(&root, &name, repair, cli.json).await,
         Verb::Volume { action } => volume_command(action),
     };
     let dir = StateDir::open(&root)?;

@@ -13,9 +13,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_core::command::SyncStatus;
+use tandem_core::command::{SyncStatus, VerifyReport};
 use tandem_core::legmeta::Expectation;
-use tandem_core::replication::{LinkState, PeerMode, Primary, PrimaryAction};
+use tandem_core::replication::{LinkState, PeerMode, Primary, PrimaryAction, VerifyStatus};
 use tandem_core::volume::{LegId, LegState, VolumeChange, VolumeId};
 use tandem_core::{ClusterId, NodeId, StateChange};
 use tokio::io::AsyncWriteExt;
@@ -87,6 +87,11 @@ pub enum EngineInput {
     },
     /// Demoted: refuse new requests, let in-flight ones complete on every leg, flush, end.
     Stop,
+    /// Start an online verify of every UpToDate peer leg.
+    Verify {
+        repair: bool,
+        answer: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// How long a demoted primary waits for its in-flight requests before giving up.
@@ -312,6 +317,10 @@ impl Engine {
                 self.stopping_since.get_or_insert_with(Instant::now);
                 return;
             }
+            EngineInput::Verify { repair, answer } => {
+                let _ = answer.send(self.start_verify(now, repair));
+                return;
+            }
             EngineInput::PeerUp {
                 leg,
                 generation,
@@ -371,6 +380,32 @@ impl Engine {
         true
     }
 
+    /// Starts a verify of every peer leg that can be verified (committed UpToDate, link up).
+    fn start_verify(&mut self, now: u64, repair: bool) -> Result<String, String> {
+        let mut started = Vec::new();
+        let mut refused = Vec::new();
+        for &leg in &self.peer_legs {
+            match self.primary.start_verify(now, leg, repair) {
+                Ok(()) => started.push(leg.to_string()),
+                Err(error) => refused.push(format!("leg {leg}: {error}")),
+            }
+        }
+        if started.is_empty() {
+            let reason = if refused.is_empty() {
+                "the volume has no peer leg".to_string()
+            } else {
+                refused.join("; ")
+            };
+            return Err(format!("nothing to verify: {reason}"));
+        }
+        let what = if repair {
+            "verify with repair"
+        } else {
+            "verify"
+        };
+        Ok(format!("{what} started on leg {}", started.join(", ")))
+    }
+
     /// Refreshes the sync board from the core (after every input, so status is current).
     fn publish(&mut self, now: u64) {
         let mut board = BTreeMap::new();
@@ -402,6 +437,7 @@ impl Engine {
                     resync_zero_bytes_sent: self.primary.resync_zero_bytes_sent(leg),
                     rate_bytes_per_sec: rate,
                     eta_secs: (rate > 0 && remaining > 0).then(|| remaining.div_ceil(rate)),
+                    verify: self.primary.verify_status(leg).map(verify_report),
                 },
             );
         }
@@ -526,6 +562,19 @@ impl Engine {
     }
 }
 
+fn verify_report(status: VerifyStatus) -> VerifyReport {
+    const SHOWN: usize = 64;
+    VerifyReport {
+        done_bytes: status.done_bytes,
+        total_bytes: status.total_bytes,
+        mismatches: status.mismatches.into_iter().take(SHOWN).collect(),
+        mismatched_bytes: status.mismatched_bytes,
+        repair: status.repair,
+        finished: status.finished,
+        aborted: status.aborted,
+    }
+}
+
 fn link_name(link: LinkState) -> &'static str {
     match link {
         LinkState::Down => "down",
@@ -569,6 +618,30 @@ fn prepare(
     Ok((leg, primary, keeper))
 }
 
+/// After a crash as primary, the local leg may hold writes no peer got (in flight at the
+/// crash). Peers the state calls UpToDate are outdated (acknowledgements wait for that commit)
+/// and marked all dirty, so they are resynced from this leg and the legs converge.
+fn distrust_peers(
+    primary: &mut Primary,
+    store: &MetaStore,
+    peers: &[(LegId, NodeId)],
+) -> Result<(), String> {
+    for &(leg, _) in peers {
+        let up_to_date = primary
+            .peer_status(leg)
+            .is_some_and(|peer| peer.committed == LegState::UpToDate);
+        if up_to_date {
+            primary.peer_lost(leg).map_err(|e| e.to_string())?;
+            let mut everything = store.superblock().layout().new_bitmap();
+            everything.mark_all();
+            primary
+                .set_peer_bitmap(leg, everything)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// Keeps the primary's per-peer bitmaps in the leg's metadata file.
 struct BitmapKeeper {
     store: MetaStore,
@@ -587,7 +660,8 @@ impl BitmapKeeper {
     ) -> Result<BitmapKeeper, String> {
         let crashed = store.superblock().primary_open;
         if crashed {
-            tracing::warn!("volume {name}: the last primary run here did not stop cleanly; peers that are behind get a full resync");
+            tracing::warn!("volume {name}: the last primary run here did not stop cleanly; every peer gets a full resync");
+            distrust_peers(primary, &store, peers)?;
         }
         let mut slots = Vec::new();
         for &(leg, node) in peers {

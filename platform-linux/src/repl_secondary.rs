@@ -123,10 +123,15 @@ async fn drain(
                 }
                 SecondaryAction::Disk(op) => {
                     let result = tokio::task::block_in_place(|| leg.run(op.kind));
-                    if let Err(error) = &result {
-                        tracing::error!("leg {}: {error}", leg.path().display());
-                    }
-                    if let Err(error) = secondary.disk_done(op.id, result.is_ok()) {
+                    let reported = match result {
+                        Ok(Some(data)) => secondary.disk_read_done(op.id, data),
+                        Ok(None) => secondary.disk_done(op.id, true),
+                        Err(error) => {
+                            tracing::error!("leg {}: {error}", leg.path().display());
+                            secondary.disk_done(op.id, false)
+                        }
+                    };
+                    if let Err(error) = reported {
                         tracing::error!("replication core refused a completion: {error}");
                     }
                 }

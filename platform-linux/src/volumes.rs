@@ -251,6 +251,24 @@ impl VolumeHost {
         self.hosted.clear();
     }
 
+    /// Asks the primary engine of `volume` to start an online verify.
+    pub fn start_verify(
+        &self,
+        volume: VolumeId,
+        repair: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<String, String>>, String> {
+        let hosted = self
+            .hosted
+            .get(&volume)
+            .ok_or("this node is not serving the volume as primary (yet)")?;
+        let (answer, receiver) = tokio::sync::oneshot::channel();
+        hosted
+            .inputs
+            .try_send(EngineInput::Verify { repair, answer })
+            .map_err(|_| "the volume's engine is busy or stopping; try again".to_string())?;
+        Ok(receiver)
+    }
+
     /// Adds what this node knows as primary (link, resync progress) to a volume listing.
     pub fn annotate(&self, volumes: &mut [VolumeStatus]) {
         for volume in volumes {

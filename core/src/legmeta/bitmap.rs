@@ -144,14 +144,22 @@ impl OutOfSync {
         Ok(())
     }
 
-    /// Whether any grain the range touches is dirty.
+    /// Whether any grain the range touches is dirty (looks only at the range's own words).
     pub fn is_dirty(&self, offset: u64, len: u64) -> Result<bool, MetaError> {
         Ok(match self.bytes_of(offset, len)? {
             None => false,
             Some((start, end)) => self
-                .find(start / self.grain, true)
-                .is_some_and(|grain| grain <= (end - 1) / self.grain),
+                .find(start / self.grain, (end - 1) / self.grain + 1, true)
+                .is_some(),
         })
+    }
+
+    /// The first dirty grain at or after grain `from_grain` (a grain index, not a byte
+    /// offset), or `None` when every grain from there on is clean. Clean stretches are skipped
+    /// a 64-grain word at a time, so a resync walk over a mostly clean bitmap costs one pass
+    /// over its words, not one probe per grain.
+    pub fn next_dirty(&self, from_grain: u64) -> Option<u64> {
+        self.find(from_grain, self.grains, true)
     }
 
     pub fn dirty_grains(&self) -> u64 {
@@ -228,20 +236,24 @@ impl OutOfSync {
         }
     }
 
-    /// The first grain at or after `from` whose bit equals `set`.
-    fn find(&self, from: u64, set: bool) -> Option<u64> {
-        if from >= self.grains {
+    /// The first grain in `from..stop` whose bit equals `set` (`stop` is capped at the grain
+    /// count); only the words covering that span are read.
+    fn find(&self, from: u64, stop: u64, set: bool) -> Option<u64> {
+        let stop = stop.min(self.grains);
+        if from >= stop {
             return None;
         }
         let first = (from / 64) as usize;
-        for (index, &word) in self.words.iter().enumerate().skip(first) {
+        let last = ((stop - 1) / 64) as usize;
+        let words = self.words.get(first..=last)?;
+        for (offset, &word) in words.iter().enumerate() {
             let mut word = if set { word } else { !word };
-            if index == first {
+            if offset == 0 {
                 word &= u64::MAX << (from % 64);
             }
             if word != 0 {
-                let grain = index as u64 * 64 + u64::from(word.trailing_zeros());
-                return (grain < self.grains).then_some(grain);
+                let grain = (first + offset) as u64 * 64 + u64::from(word.trailing_zeros());
+                return (grain < stop).then_some(grain);
             }
         }
         None
@@ -407,11 +419,54 @@ impl Iterator for DirtyRuns<'_> {
 
     fn next(&mut self) -> Option<(u64, u64)> {
         let map = self.map;
-        let start = map.find(self.next, true)?;
-        let stop = map.find(start, false).unwrap_or(map.grains);
+        let start = map.find(self.next, map.grains, true)?;
+        let stop = map.find(start, map.grains, false).unwrap_or(map.grains);
         self.next = stop;
         let begin = start * map.grain;
         let end = (stop * map.grain).min(map.data_size);
         Some((begin, end - begin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn next_dirty_skips_clean_words_and_respects_the_end() {
+        let mut map = OutOfSync::new(1000 * 4096 + 100, 4096).expect("map");
+        assert_eq!(map.next_dirty(0), None);
+        map.mark(3 * 4096, 1).expect("mark");
+        map.mark(700 * 4096, 2 * 4096).expect("mark");
+        map.mark(1000 * 4096, 1).expect("mark the short last grain");
+        assert_eq!(map.next_dirty(0), Some(3));
+        assert_eq!(map.next_dirty(3), Some(3));
+        assert_eq!(map.next_dirty(4), Some(700));
+        assert_eq!(map.next_dirty(701), Some(701));
+        assert_eq!(map.next_dirty(702), Some(1000));
+        assert_eq!(map.next_dirty(1001), None);
+        assert_eq!(map.next_dirty(u64::MAX), None);
+        assert!(!map.is_dirty(4 * 4096, 696 * 4096).expect("range"));
+        assert!(map.is_dirty(4 * 4096, 696 * 4096 + 1).expect("range"));
+    }
+
+    proptest! {
+        #[test]
+        fn next_dirty_matches_a_probe_per_grain(
+            grains in 1u64..400,
+            marks in proptest::collection::vec((0u64..400, 1u64..70), 0..12),
+            from in 0u64..420,
+        ) {
+            let grain = 4096;
+            let mut map = OutOfSync::new(grains * grain, grain).expect("map");
+            for (at, len) in marks {
+                let at = at % grains;
+                let len = len.min(grains - at);
+                map.mark(at * grain, len * grain).expect("mark");
+            }
+            let probed = (from..grains).find(|&g| map.bit(g));
+            prop_assert_eq!(map.next_dirty(from), probed);
+        }
     }
 }

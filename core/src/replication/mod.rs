@@ -34,9 +34,16 @@
 //!   Propose [`PrimaryAction::ProposeLegState`] to the cluster, and report every committed
 //!   leg state of the volume with `leg_state_committed`. Persist changed bitmap pages
 //!   (`peer_bitmap_mut(leg).take_dirty_pages()`) in the order `legmeta` prescribes.
+//!   After a takeover (this node promoted over a primary that was lost, whose leg was
+//!   `UpToDate` until then and is now committed `Outdated`), call `track_from_now(leg)` for
+//!   that leg right after `Primary::new`. `start_verify` / `verify_status` run an online
+//!   verify (`tandem volume verify`).
 //! - **Secondary**: call `set_epoch` whenever the committed epoch of the volume changes, feed
 //!   frames to `on_message`, submit its disk operations and report them with `disk_done`,
-//!   call `link_lost` when the connection closes.
+//!   or `disk_read_done` with the bytes for a `Read` (a verify), call `link_lost` when the
+//!   connection closes. A leg whose node crashed as the primary is opened with
+//!   `with_suspect_ranges(recovered.resync_ranges())` (its activity log's hot extents) in
+//!   every session until the leg is committed `UpToDate` again.
 //! - After every input, drain `take_actions` and carry them out in order.
 
 pub mod primary;
@@ -47,11 +54,14 @@ pub mod wire;
 mod tests;
 
 pub use primary::{
-    LinkState, PeerLeg, PeerMode, PeerStatus, Primary, PrimaryAction, Tuning,
-    DEFAULT_MAX_CLIENT_REQUESTS, MAX_SKIP_RANGES,
+    LinkState, PeerLeg, PeerMode, PeerStatus, Primary, PrimaryAction, Tuning, VerifyStatus,
+    DEFAULT_MAX_CLIENT_REQUESTS, MAX_SKIP_RANGES, MAX_VERIFY_MISMATCHES,
 };
 pub use secondary::{Secondary, SecondaryAction, MAX_SECONDARY_OPS};
-pub use wire::{Message, RefuseCode, WireError, MAX_DATA, PROTOCOL_VERSION};
+pub use wire::{
+    Message, RefuseCode, Suspect, WireError, MAX_DATA, MAX_SUSPECT_RANGES, PROTOCOL_VERSION,
+    VERIFY_BLOCK,
+};
 
 use crate::ids::{ClusterId, NodeId};
 use crate::legmeta::MetaError;
@@ -136,6 +146,8 @@ pub enum ReplError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot verify peer leg {leg}: {reason}")]
+    VerifyRefused { leg: LegId, reason: String },
     #[error("bitmap: {0}")]
     Bitmap(#[from] MetaError),
 }

@@ -24,17 +24,24 @@
 //! writes in the same order, and a resync never carries data older than a write it races.
 //!
 //! Everything is bounded: client requests in flight ([`Tuning::max_client_requests`], beyond it
-//! [`ReplError::Busy`]), the bytes they hold, the unacked messages per peer, the resync window.
+//! [`ReplError::Busy`]), the bytes they hold, the unacked messages per peer, the resync and
+//! verify windows.
+//!
+//! Two more duties live in submodules: online verify of an `UpToDate` peer (`verify`), and
+//! crash-suspect ranges a returning ex-primary reports in its `HelloAck` (`peers`), which
+//! together with [`Primary::track_from_now`] keep the resync after a takeover small.
 
 mod peers;
 mod resync;
+mod verify;
 
 pub use resync::MAX_SKIP_RANGES;
+pub use verify::{VerifyStatus, MAX_VERIFY_MISMATCHES};
 
 use std::collections::BTreeMap;
 
 use super::secondary::MAX_SECONDARY_OPS;
-use super::wire::{self, Message, MAX_DATA};
+use super::wire::{self, Message, MAX_DATA, MAX_VERIFY_LEN, VERIFY_BLOCK};
 use super::{check_range, overlaps, DiskKind, DiskOp, Ident, ReplError};
 use crate::ids::NodeId;
 use crate::legmeta::{OutOfSync, MIN_GRAIN};
@@ -73,6 +80,16 @@ pub struct Tuning {
     /// Unacked messages per peer before the link is dropped (at most what a secondary
     /// queues, [`MAX_SECONDARY_OPS`]).
     pub max_peer_unacked: usize,
+    /// Bytes per verify request: a multiple of [`VERIFY_BLOCK`], at most [`MAX_VERIFY_LEN`].
+    pub verify_chunk: u64,
+    /// Verify requests in flight per peer when no client request is in flight.
+    pub verify_window: usize,
+    /// ... and while client requests are in flight.
+    pub verify_window_busy: usize,
+    /// Hard maximum of verified bytes per second per peer (`u64::MAX`: unlimited).
+    pub verify_max_rate: u64,
+    /// Verified bytes per second per peer while client requests are in flight.
+    pub verify_busy_rate: u64,
 }
 
 impl Default for Tuning {
@@ -91,6 +108,11 @@ impl Default for Tuning {
             repropose_ms: 2_000,
             read_retry_ms: 1_000,
             max_peer_unacked: 1024,
+            verify_chunk: 1 << 20,
+            verify_window: 4,
+            verify_window_busy: 1,
+            verify_max_rate: 1 << 30,
+            verify_busy_rate: 100 << 20,
         }
     }
 }
@@ -119,6 +141,17 @@ impl Tuning {
         }
         if self.resync_max_rate == 0 || self.resync_busy_rate == 0 {
             return bad("resync rates must be above zero");
+        }
+        let chunk = self.verify_chunk;
+        if chunk == 0 || !chunk.is_multiple_of(VERIFY_BLOCK) || chunk > MAX_VERIFY_LEN {
+            return bad("verify_chunk must be a multiple of 4 KiB, at most 32 MiB");
+        }
+        let windows = [self.verify_window, self.verify_window_busy];
+        if windows.iter().any(|&w| w == 0 || w > MAX_SECONDARY_OPS / 4) {
+            return bad("verify windows must be between 1 and 512");
+        }
+        if self.verify_max_rate == 0 || self.verify_busy_rate == 0 {
+            return bad("verify rates must be above zero");
         }
         Ok(())
     }
@@ -253,6 +286,7 @@ impl Request {
 enum Purpose {
     Request(u64),
     ResyncRead { leg: LegId, seq: u64 },
+    VerifyRead { leg: LegId, seq: u64 },
 }
 
 /// A message sent to a peer and not yet acked.
@@ -292,8 +326,16 @@ struct Peer {
     /// Data messages sent while behind; `flushed_gen` of them are known durable there.
     data_gen: u64,
     flushed_gen: u64,
-    /// The flush sent before proposing `UpToDate`: its seq and the `data_gen` it covers.
+    /// The flush sent before proposing `UpToDate` (or ending a repair): its seq and the
+    /// `data_gen` it covers.
     sync_flush: Option<(u64, u64)>,
+    /// `Sync` with dirty grains (a verify repair, or suspect ranges it reported): resynced
+    /// while every write still waits for its ack.
+    repairing: bool,
+    /// The current or last verify of this peer.
+    verify: Option<verify::VerifyRun>,
+    /// Verify rate budget in bytes, like `tokens`.
+    verify_tokens: i64,
 }
 
 /// The primary end of one volume's replication links.
@@ -384,6 +426,7 @@ impl Primary {
         self.tuning = tuning;
         for peer in &mut self.peers {
             peer.tokens = self.tuning.resync_chunk as i64;
+            peer.verify_tokens = self.tuning.verify_chunk as i64;
         }
         Ok(self)
     }
@@ -528,14 +571,11 @@ impl Primary {
             }
             Purpose::ResyncRead { leg, seq } => {
                 self.resync_read_failed(leg, seq);
-                if ok {
-                    Err(ReplError::BadCompletion {
-                        id,
-                        reason: "a read completes with its data (disk_read_done)".into(),
-                    })
-                } else {
-                    Ok(())
-                }
+                read_reported_as_done(id, ok)
+            }
+            Purpose::VerifyRead { leg, seq } => {
+                self.verify_read_failed(leg, seq);
+                read_reported_as_done(id, ok)
             }
         };
         self.pump();
@@ -568,10 +608,15 @@ impl Primary {
 
     /// Runs everything that can run: waiting requests, resync, promotions, completions.
     fn pump(&mut self) {
+        for index in 0..self.peers.len() {
+            self.check_verify(index);
+        }
         self.start_ready_requests();
         for index in 0..self.peers.len() {
             self.resync_peer(index);
+            self.verify_peer(index);
             self.maybe_promote(index);
+            self.maybe_end_repair(index);
         }
         self.complete_ready();
     }
@@ -583,6 +628,7 @@ impl Primary {
             .peers
             .iter()
             .flat_map(|peer| peer.resync.values().map(|op| op.range))
+            .chain(self.verify_ranges())
             .collect();
         let mut ready = Vec::new();
         for (&seq, request) in &self.requests {
@@ -768,7 +814,8 @@ impl Primary {
             at: now,
         };
         peer.unacked.insert(seq, sent);
-        if range.is_some() && peer.mode == PeerMode::Behind {
+        let resync = peer.resync.contains_key(&seq);
+        if range.is_some() && (peer.mode == PeerMode::Behind || resync) {
             peer.data_gen += 1;
         }
         let leg = peer.leg;
@@ -788,4 +835,16 @@ impl Primary {
         self.actions
             .push(PrimaryAction::Note(format!("volume {volume}: {text}")));
     }
+}
+
+/// A read reported through `disk_done`: failed (`ok: false`) is fine, "done" is the shim's
+/// mistake (a read completes with its data, through `disk_read_done`) and counts as failed.
+fn read_reported_as_done(id: u64, ok: bool) -> Result<(), ReplError> {
+    if ok {
+        return Err(ReplError::BadCompletion {
+            id,
+            reason: "a read completes with its data (disk_read_done)".into(),
+        });
+    }
+    Ok(())
 }

@@ -24,10 +24,26 @@
 //! Actions produced while handling [`Secondary::on_message`] concern the connection that
 //! delivered the bytes (`Send` answers on it, `Drop` closes it); acks produced by
 //! [`Secondary::disk_done`] go to the attached primary's connection.
+//!
+//! Online verify: a `VerifyRequest` becomes a disk `Read` queued like any other operation (it
+//! waits for earlier overlapping writes, later overlapping writes wait for it), so the digests
+//! describe exactly the writes the primary sent before asking. The read completes with
+//! [`Secondary::disk_read_done`], which answers with one digest per [`VERIFY_BLOCK`]. A read
+//! the disk fails is answered with a failed `Ack`, as a failed write is: the primary then
+//! treats the leg as failing.
+//!
+//! Crash-suspect ranges: a leg whose node was the primary and crashed may hold writes that
+//! nobody acknowledged, inside its activity log's hot extents. The shim hands those ranges to
+//! every session until the leg is committed `UpToDate` again
+//! ([`Secondary::with_suspect_ranges`]); each `HelloAck` names them, so the new primary
+//! resyncs them besides what was written since the takeover.
 
 use std::collections::BTreeMap;
 
-use super::wire::{self, Message, RefuseCode, PROTOCOL_VERSION};
+use super::wire::{
+    self, Message, RefuseCode, Suspect, MAX_SUSPECT_RANGES, MAX_VERIFY_LEN, PROTOCOL_VERSION,
+    VERIFY_BLOCK,
+};
 use super::{check_range, overlaps, DiskKind, DiskOp, Ident, ReplError};
 use crate::ids::{ClusterId, NodeId};
 use crate::volume::LegId;
@@ -74,12 +90,14 @@ struct Op {
     /// The disk work, taken when submitted.
     kind: Option<DiskKind>,
     fua: bool,
+    /// A verify read: answered with digests, not an ack.
+    verify: bool,
     stage: Stage,
     ok: bool,
 }
 
 impl Op {
-    /// Its data is not on the disk yet.
+    /// Its data is not on the disk yet (or, for a verify read, not read yet).
     fn data_pending(&self) -> bool {
         self.range.is_some() && self.stage != Stage::Flushing
     }
@@ -101,6 +119,8 @@ pub struct Secondary {
     /// Disk op id → operation.
     disk: BTreeMap<u64, u64>,
     last_heard: u64,
+    /// Sent in every `HelloAck`.
+    suspect: Suspect,
     actions: Vec<SecondaryAction>,
 }
 
@@ -120,8 +140,65 @@ impl Secondary {
             ops: BTreeMap::new(),
             disk: BTreeMap::new(),
             last_heard: 0,
+            suspect: Suspect::none(),
             actions: Vec::new(),
         }
+    }
+
+    /// This leg may hold writes nobody acknowledged in these byte ranges `(offset, len)`: the
+    /// hot extents of its activity log from when its node was the primary and crashed
+    /// (`legmeta::Recovered::resync_ranges`). They are sorted, merged, and sent in every
+    /// `HelloAck`; more than [`MAX_SUSPECT_RANGES`] after merging, or any range outside the
+    /// leg, and "everything" is sent instead (a full resync, always safe).
+    pub fn with_suspect_ranges(self, ranges: Vec<(u64, u64)>) -> Secondary {
+        self.with_suspect(Suspect::Ranges(ranges))
+    }
+
+    /// Like [`Secondary::with_suspect_ranges`]; [`Suspect::Everything`] when the activity log
+    /// could not be read and anything may differ.
+    pub fn with_suspect(mut self, suspect: Suspect) -> Secondary {
+        self.suspect = match suspect {
+            Suspect::Everything => Suspect::Everything,
+            Suspect::Ranges(ranges) => self.normalize_suspect(ranges),
+        };
+        self
+    }
+
+    fn normalize_suspect(&mut self, mut ranges: Vec<(u64, u64)>) -> Suspect {
+        if let Some(&(offset, len)) = ranges
+            .iter()
+            .find(|&&(offset, len)| check_range(offset, len, self.size).is_err())
+        {
+            self.note(format!(
+                "suspect range of {len} bytes at {offset} is outside the {}-byte leg: the \
+                 whole leg is reported suspect",
+                self.size
+            ));
+            return Suspect::Everything;
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (offset, len) in ranges {
+            match merged.last_mut() {
+                Some(last) if offset <= last.0 + last.1 => {
+                    last.1 = last.1.max(offset + len - last.0);
+                }
+                _ => merged.push((offset, len)),
+            }
+        }
+        if merged.len() > MAX_SUSPECT_RANGES {
+            self.note(format!(
+                "{} suspect ranges exceed {MAX_SUSPECT_RANGES}: the whole leg is reported suspect",
+                merged.len()
+            ));
+            return Suspect::Everything;
+        }
+        Suspect::Ranges(merged)
+    }
+
+    /// What this leg reports as crash-suspect in its `HelloAck`.
+    pub fn suspect(&self) -> &Suspect {
+        &self.suspect
     }
 
     /// The committed epoch this leg accepts.
@@ -225,7 +302,16 @@ impl Secondary {
                 Ok(())
             }
             Message::Pong { .. } => Ok(()),
-            Message::HelloAck { .. } | Message::Refuse { .. } | Message::Ack { .. } => {
+            Message::VerifyRequest {
+                epoch,
+                seq,
+                offset,
+                len,
+            } => self.accept_data(kind, DataMessage::verify(epoch, seq, offset, len)),
+            Message::HelloAck { .. }
+            | Message::Refuse { .. }
+            | Message::Ack { .. }
+            | Message::VerifyReply { .. } => {
                 let reason = format!("a secondary does not accept {kind} messages");
                 Err(self.refuse_data(RefuseCode::Protocol, reason))
             }
@@ -254,7 +340,10 @@ impl Secondary {
         if replaced.is_some() {
             self.note("a new connection from the primary replaces the old one".into());
         }
-        self.send(&Message::HelloAck { epoch: hello.epoch });
+        self.send(&Message::HelloAck {
+            epoch: hello.epoch,
+            suspect: self.suspect.clone(),
+        });
         self.note(format!(
             "attached to the primary on node {from_node} in epoch {}",
             hello.epoch
@@ -344,6 +433,7 @@ impl Secondary {
             range,
             disk,
             fua,
+            verify,
         } = data;
         let Some(attached) = self.attached else {
             let reason =
@@ -354,6 +444,9 @@ impl Secondary {
             return Err(self.refuse_data(code, reason));
         }
         if let Some((offset, len)) = range {
+            if verify {
+                self.check_verify(seq, offset, len)?;
+            }
             if let Err(error) = check_range(offset, len, self.size) {
                 let reason = format!("{kind} seq {seq}: {error}");
                 self.refuse_data(RefuseCode::OutOfRange, reason);
@@ -376,11 +469,30 @@ impl Secondary {
             range,
             kind: disk,
             fua,
+            verify,
             stage: Stage::Queued,
             ok: true,
         };
         self.ops.insert(id, op);
         Ok(())
+    }
+
+    /// A verify range must start on a block, end on one or at the end of the leg, and be at
+    /// most [`MAX_VERIFY_LEN`] long (its reply stays bounded).
+    fn check_verify(&mut self, seq: u64, offset: u64, len: u64) -> Result<(), ReplError> {
+        let reason = if len > MAX_VERIFY_LEN {
+            format!("verify seq {seq} of {len} bytes exceeds the {MAX_VERIFY_LEN}-byte limit")
+        } else if !offset.is_multiple_of(VERIFY_BLOCK) {
+            format!("verify seq {seq} at offset {offset} is not on a {VERIFY_BLOCK}-byte block")
+        } else if !len.is_multiple_of(VERIFY_BLOCK) && offset.saturating_add(len) != self.size {
+            format!(
+                "verify seq {seq} of {len} bytes at {offset} ends inside a {VERIFY_BLOCK}-byte \
+                 block before the end of the leg"
+            )
+        } else {
+            return Ok(());
+        };
+        Err(self.refuse_data(RefuseCode::Protocol, reason))
     }
 
     /// Refuses a data message: tells the primary, drops the link.
@@ -409,7 +521,8 @@ impl Secondary {
                 }
             }
             if op.data_pending() {
-                data_before = true;
+                // A flush need not wait for a verify read; overlapping writes must.
+                data_before |= !op.verify;
                 pending.extend(op.range);
             }
         }
@@ -431,7 +544,8 @@ impl Secondary {
             .push(SecondaryAction::Disk(DiskOp { id: disk_id, kind }));
     }
 
-    /// The disk finished operation `id`.
+    /// The disk finished operation `id`. Reads complete with [`Secondary::disk_read_done`]
+    /// instead; a read reported here counts as failed (its verify is answered as failed).
     pub fn disk_done(&mut self, id: u64, ok: bool) -> Result<(), ReplError> {
         let op_id = self
             .disk
@@ -440,7 +554,8 @@ impl Secondary {
         let Some(op) = self.ops.get_mut(&op_id) else {
             return Err(ReplError::UnknownDiskOp { id });
         };
-        op.ok &= ok;
+        let misreported = op.verify && ok;
+        op.ok &= ok && !op.verify;
         if op.stage == Stage::Running && op.fua && op.ok && op.range.is_some() {
             op.stage = Stage::Flushing;
             self.submit_flush_of(op_id);
@@ -448,7 +563,68 @@ impl Secondary {
             self.finish(op);
         }
         self.pump();
+        if misreported {
+            return Err(ReplError::BadCompletion {
+                id,
+                reason: "a read completes with its data (disk_read_done)".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// The disk finished read `id` (a verify) with `data`: the primary gets its digests.
+    pub fn disk_read_done(&mut self, id: u64, data: Vec<u8>) -> Result<(), ReplError> {
+        let op_id = *self.disk.get(&id).ok_or(ReplError::UnknownDiskOp { id })?;
+        let range = match self.ops.get(&op_id) {
+            Some(op) if op.verify => op.range.unwrap_or_default(),
+            _ => {
+                return Err(ReplError::BadCompletion {
+                    id,
+                    reason: "it is not a read; complete it with disk_done".into(),
+                })
+            }
+        };
+        self.disk.remove(&id);
+        let Some(mut op) = self.ops.remove(&op_id) else {
+            return Err(ReplError::UnknownDiskOp { id });
+        };
+        let (offset, len) = range;
+        let result = if data.len() as u64 == len {
+            self.finish_verify(&op, offset, len, &data);
+            Ok(())
+        } else {
+            op.ok = false;
+            self.finish(op);
+            Err(ReplError::BadCompletion {
+                id,
+                reason: format!("read of {len} bytes at {offset} returned {}", data.len()),
+            })
+        };
+        self.pump();
+        result
+    }
+
+    fn finish_verify(&mut self, op: &Op, offset: u64, len: u64, data: &[u8]) {
+        if !self.is_current(op) {
+            self.note(format!(
+                "verify seq {} read after its link ended; not answered",
+                op.seq
+            ));
+            return;
+        }
+        self.send(&Message::VerifyReply {
+            epoch: op.epoch,
+            seq: op.seq,
+            offset,
+            len,
+            digests: wire::verify_digests(data),
+        });
+    }
+
+    /// Whether `op` came from the attached primary's current session.
+    fn is_current(&self, op: &Op) -> bool {
+        self.attached
+            .is_some_and(|a| a.session == op.session && a.epoch == op.epoch)
     }
 
     fn submit_flush_of(&mut self, op_id: u64) {
@@ -462,10 +638,7 @@ impl Secondary {
     }
 
     fn finish(&mut self, op: Op) {
-        let current = self
-            .attached
-            .is_some_and(|a| a.session == op.session && a.epoch == op.epoch);
-        if !current {
+        if !self.is_current(&op) {
             self.note(format!(
                 "seq {} done on the disk after its link ended; not acknowledged",
                 op.seq
@@ -509,9 +682,22 @@ struct DataMessage {
     range: Option<(u64, u64)>,
     disk: Option<DiskKind>,
     fua: bool,
+    verify: bool,
 }
 
 impl DataMessage {
+    /// A verify request: a read of the range.
+    fn verify(epoch: u64, seq: u64, offset: u64, len: u64) -> DataMessage {
+        DataMessage {
+            epoch,
+            seq,
+            range: Some((offset, len)),
+            disk: Some(DiskKind::Read { offset, len }),
+            fua: false,
+            verify: true,
+        }
+    }
+
     fn from(message: Message) -> Option<DataMessage> {
         let (epoch, seq, range, disk, fua) = match message {
             Message::Write {
@@ -577,6 +763,7 @@ impl DataMessage {
             range,
             disk,
             fua,
+            verify: false,
         })
     }
 }

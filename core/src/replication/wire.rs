@@ -13,6 +13,18 @@
 //! Every data message carries the epoch of the primary that sent it, so that a secondary
 //! refuses writes from any epoch but the current one even when frames from an old primary
 //! are still on the way (DESIGN.md rule 2).
+//!
+//! Two additions ride on the same frames:
+//!
+//! - **Online verify** (`VerifyRequest` / `VerifyReply`): the primary asks a secondary for
+//!   one [`verify_digest`] per [`VERIFY_BLOCK`] of a range and compares them with its own, so
+//!   proving the legs identical (DESIGN.md rule 4) costs 8 bytes on the wire per 4 KiB.
+//! - **Crash-suspect ranges** ([`Suspect`], in `HelloAck`): a leg whose primary crashed may
+//!   hold writes nobody acknowledged, but only inside its activity log's hot extents. When it
+//!   comes back as a secondary it names them, so the new primary resyncs those and what was
+//!   written since the takeover instead of the whole leg. The list is an optional, versioned
+//!   tail of `HelloAck` ([`SUSPECT_FORMAT`]); an 8-byte `HelloAck` is the old form and means
+//!   "nothing suspect", so the two forms interoperate.
 
 use std::fmt;
 
@@ -30,6 +42,18 @@ pub const MAX_DATA: usize = 32 << 20;
 pub const MAX_PAYLOAD: usize = MAX_DATA + 64;
 /// The longest refusal text.
 pub const MAX_REFUSE_TEXT: usize = 1024;
+/// Bytes covered by one digest of a [`Message::VerifyReply`]. It is the smallest bitmap grain,
+/// so a mismatch maps onto whole grains and a repair resyncs no more than it must; one 8-byte
+/// digest per 4 KiB costs 0.2 % of the bytes compared. Verify ranges start on a multiple of
+/// it; only the volume's last block may be shorter.
+pub const VERIFY_BLOCK: u64 = 4096;
+/// The longest range one `VerifyRequest` covers: a reply holds at most 8192 digests.
+pub const MAX_VERIFY_LEN: u64 = MAX_DATA as u64;
+/// The most crash-suspect ranges a `HelloAck` lists; a leg with more sends
+/// [`Suspect::Everything`] instead (a full resync: always safe, just slower).
+pub const MAX_SUSPECT_RANGES: usize = 4096;
+/// The version of the suspect-range tail of a `HelloAck`.
+pub const SUSPECT_FORMAT: u8 = 1;
 
 const AT_CRC: usize = 12;
 
@@ -98,6 +122,32 @@ impl fmt::Display for RefuseCode {
     }
 }
 
+/// What a secondary's leg may hold that no primary acknowledged (see the module comment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Suspect {
+    /// These byte ranges `(offset, len)`; empty: nothing is suspect.
+    Ranges(Vec<(u64, u64)>),
+    /// Anything may differ: too many ranges to list, or the activity log was lost.
+    Everything,
+}
+
+impl Suspect {
+    /// Nothing is suspect (the 8-byte `HelloAck` of protocol version 1).
+    pub fn none() -> Suspect {
+        Suspect::Ranges(Vec::new())
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, Suspect::Ranges(ranges) if ranges.is_empty())
+    }
+}
+
+impl Default for Suspect {
+    fn default() -> Suspect {
+        Suspect::none()
+    }
+}
+
 /// One message of the replication protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -111,9 +161,11 @@ pub enum Message {
         epoch: u64,
         size: u64,
     },
-    /// Secondary → primary: attached in `epoch`.
+    /// Secondary → primary: attached in `epoch`; `suspect`: what its leg may hold that no
+    /// primary acknowledged (it was the primary and crashed), to be resynced.
     HelloAck {
         epoch: u64,
+        suspect: Suspect,
     },
     /// Secondary → primary: the last message (or the Hello) is refused; the link is unusable.
     Refuse {
@@ -166,6 +218,21 @@ pub enum Message {
     Pong {
         seq: u64,
     },
+    /// Primary → secondary: read `len` bytes at `offset` and answer with their digests.
+    VerifyRequest {
+        epoch: u64,
+        seq: u64,
+        offset: u64,
+        len: u64,
+    },
+    /// Secondary → primary: one [`verify_digest`] per [`VERIFY_BLOCK`] of the requested range.
+    VerifyReply {
+        epoch: u64,
+        seq: u64,
+        offset: u64,
+        len: u64,
+        digests: Vec<u64>,
+    },
 }
 
 const KIND_HELLO: u8 = 1;
@@ -179,6 +246,8 @@ const KIND_ACK: u8 = 8;
 const KIND_RESYNC_DATA: u8 = 9;
 const KIND_PING: u8 = 10;
 const KIND_PONG: u8 = 11;
+const KIND_VERIFY_REQUEST: u8 = 12;
+const KIND_VERIFY_REPLY: u8 = 13;
 
 impl Message {
     /// The message's name, for errors and logs.
@@ -199,6 +268,8 @@ impl Message {
             Message::ResyncData { .. } => KIND_RESYNC_DATA,
             Message::Ping { .. } => KIND_PING,
             Message::Pong { .. } => KIND_PONG,
+            Message::VerifyRequest { .. } => KIND_VERIFY_REQUEST,
+            Message::VerifyReply { .. } => KIND_VERIFY_REPLY,
         }
     }
 }
@@ -216,6 +287,8 @@ fn kind_name(kind: u8) -> &'static str {
         KIND_RESYNC_DATA => "resync-data",
         KIND_PING => "ping",
         KIND_PONG => "pong",
+        KIND_VERIFY_REQUEST => "verify-request",
+        KIND_VERIFY_REPLY => "verify-reply",
         _ => "unknown",
     }
 }
@@ -291,7 +364,10 @@ fn encode_payload(message: &Message) -> Vec<u8> {
             out.extend_from_slice(&leg.to_be_bytes());
             put_u64s(&mut out, &[*from_node, *epoch, *size]);
         }
-        Message::HelloAck { epoch } => put_u64s(&mut out, &[*epoch]),
+        Message::HelloAck { epoch, suspect } => {
+            put_u64s(&mut out, &[*epoch]);
+            encode_suspect(&mut out, suspect);
+        }
         Message::Refuse { code, text } => {
             out.extend_from_slice(&code.to_u16().to_be_bytes());
             let mut end = text.len().min(MAX_REFUSE_TEXT);
@@ -324,8 +400,52 @@ fn encode_payload(message: &Message) -> Vec<u8> {
             out.push(u8::from(*ok));
         }
         Message::Ping { seq } | Message::Pong { seq } => put_u64s(&mut out, &[*seq]),
+        Message::VerifyRequest { .. } | Message::VerifyReply { .. } => {
+            encode_verify(&mut out, message)
+        }
     }
     out
+}
+
+/// `epoch | seq | offset | len`, and for a reply `count u32 | count × digest u64`.
+fn encode_verify(out: &mut Vec<u8>, message: &Message) {
+    match message {
+        Message::VerifyRequest {
+            epoch,
+            seq,
+            offset,
+            len,
+        } => put_u64s(out, &[*epoch, *seq, *offset, *len]),
+        Message::VerifyReply {
+            epoch,
+            seq,
+            offset,
+            len,
+            digests,
+        } => {
+            put_u64s(out, &[*epoch, *seq, *offset, *len]);
+            out.extend_from_slice(&(digests.len() as u32).to_be_bytes());
+            put_u64s(out, digests);
+        }
+        _ => {}
+    }
+}
+
+/// The suspect tail of a `HelloAck`: nothing for "none" (the old 8-byte form), else
+/// `format u8 | everything u8 | count u32 | count × (offset u64, len u64)`. A list longer
+/// than [`MAX_SUSPECT_RANGES`] is sent as "everything", which is always safe.
+fn encode_suspect(out: &mut Vec<u8>, suspect: &Suspect) {
+    let ranges = match suspect {
+        Suspect::Ranges(ranges) if ranges.is_empty() => return,
+        Suspect::Ranges(ranges) if ranges.len() <= MAX_SUSPECT_RANGES => ranges.as_slice(),
+        _ => &[],
+    };
+    out.push(SUSPECT_FORMAT);
+    out.push(u8::from(ranges.is_empty()));
+    out.extend_from_slice(&(ranges.len() as u32).to_be_bytes());
+    for &(offset, len) in ranges {
+        put_u64s(out, &[offset, len]);
+    }
 }
 
 fn encode_data(message: &Message) -> Vec<u8> {
@@ -484,7 +604,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
             epoch: r.u64()?,
             size: r.u64()?,
         },
-        KIND_HELLO_ACK => Message::HelloAck { epoch: r.u64()? },
+        KIND_HELLO_ACK => decode_hello_ack(&mut r)?,
         KIND_REFUSE => decode_refuse(&mut r)?,
         KIND_WRITE | KIND_RESYNC_DATA => return decode_data(kind, &mut r),
         KIND_TRIM | KIND_WRITE_ZEROES => {
@@ -519,10 +639,135 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
         },
         KIND_PING => Message::Ping { seq: r.u64()? },
         KIND_PONG => Message::Pong { seq: r.u64()? },
+        KIND_VERIFY_REQUEST => Message::VerifyRequest {
+            epoch: r.u64()?,
+            seq: r.u64()?,
+            offset: r.u64()?,
+            len: r.u64()?,
+        },
+        KIND_VERIFY_REPLY => decode_verify_reply(&mut r)?,
         kind => return Err(WireError::UnknownKind { kind }),
     };
     r.end()?;
     Ok(message)
+}
+
+fn decode_hello_ack(r: &mut Reader<'_>) -> Result<Message, WireError> {
+    let epoch = r.u64()?;
+    if r.at == r.payload.len() {
+        let suspect = Suspect::none();
+        return Ok(Message::HelloAck { epoch, suspect });
+    }
+    let format = r.take::<1>()?[0];
+    if format != SUSPECT_FORMAT {
+        r.at -= 1;
+        return Err(r.error(format!(
+            "suspect-range format {format} is not supported, this build reads {SUSPECT_FORMAT}"
+        )));
+    }
+    let everything = r.flag("everything")?;
+    let count = u32::from_be_bytes(r.take()?) as usize;
+    if everything && count != 0 {
+        r.at -= 4;
+        return Err(r.error(format!("the everything marker comes with {count} ranges")));
+    }
+    if count > MAX_SUSPECT_RANGES {
+        r.at -= 4;
+        return Err(r.error(format!(
+            "{count} suspect ranges exceed the limit of {MAX_SUSPECT_RANGES}"
+        )));
+    }
+    let left = r.payload.len().saturating_sub(r.at);
+    if left != count * 16 {
+        return Err(r.error(format!(
+            "{count} suspect ranges need {} bytes, {left} follow",
+            count * 16
+        )));
+    }
+    if everything {
+        let suspect = Suspect::Everything;
+        return Ok(Message::HelloAck { epoch, suspect });
+    }
+    let mut ranges = Vec::with_capacity(count);
+    for _ in 0..count {
+        ranges.push((r.u64()?, r.u64()?));
+    }
+    let suspect = Suspect::Ranges(ranges);
+    Ok(Message::HelloAck { epoch, suspect })
+}
+
+fn decode_verify_reply(r: &mut Reader<'_>) -> Result<Message, WireError> {
+    let [epoch, seq, offset] = [r.u64()?, r.u64()?, r.u64()?];
+    let len = r.u64()?;
+    if len > MAX_VERIFY_LEN {
+        r.at -= 8;
+        return Err(r.error(format!(
+            "verify length {len} exceeds the {MAX_VERIFY_LEN}-byte limit"
+        )));
+    }
+    let count = u32::from_be_bytes(r.take()?) as usize;
+    let expected = len.div_ceil(VERIFY_BLOCK) as usize;
+    if count != expected {
+        r.at -= 4;
+        return Err(r.error(format!(
+            "{count} digests for {len} bytes, expected {expected} (one per {VERIFY_BLOCK} bytes)"
+        )));
+    }
+    let left = r.payload.len().saturating_sub(r.at);
+    if left != count * 8 {
+        return Err(r.error(format!(
+            "{count} digests need {} bytes, {left} follow",
+            count * 8
+        )));
+    }
+    let mut digests = Vec::with_capacity(count);
+    for _ in 0..count {
+        digests.push(r.u64()?);
+    }
+    Ok(Message::VerifyReply {
+        epoch,
+        seq,
+        offset,
+        len,
+        digests,
+    })
+}
+
+/// The digest of one verify block, compared between legs by online verify.
+///
+/// Low 32 bits: the block's crc32c (hardware-accelerated; catches every burst error of up to
+/// 32 bits, and misses a random corruption with probability 2^-32). High 32 bits: a
+/// position-weighted sum of the block's 64-bit words, folded to 32 bits. The sum is
+/// arithmetic over the integers rather than polynomial over GF(2), so the error patterns
+/// that crc32c's linearity cancels are not the ones it misses; together a corrupted block goes
+/// unnoticed with a probability of about 2^-64. (A second crc32c with another seed would add
+/// nothing: CRCs of the same bytes from two seeds differ by a constant that depends only on
+/// the length.) Blocks are compared position by position, so there is no birthday effect, and
+/// neither half is cryptographic: the digest finds corruption and divergence, not forgery; it
+/// does not need to, since only cluster members, which may write both legs anyway, take part.
+pub fn verify_digest(block: &[u8]) -> u64 {
+    let crc = crc32c::crc32c(block);
+    let mut sum = 0u64;
+    let mut weight = 1u64;
+    let mut words = block.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        sum = sum.wrapping_add(u64::from_le_bytes(bytes).wrapping_mul(weight));
+        weight = weight.wrapping_add(2);
+    }
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    sum = sum.wrapping_add(u64::from_le_bytes(tail).wrapping_mul(weight));
+    let folded = (sum ^ (sum >> 32)) as u32;
+    (u64::from(folded) << 32) | u64::from(crc)
+}
+
+/// The digests of consecutive [`VERIFY_BLOCK`]s of `data` (the last one may be shorter).
+pub fn verify_digests(data: &[u8]) -> Vec<u64> {
+    data.chunks(VERIFY_BLOCK as usize)
+        .map(verify_digest)
+        .collect()
 }
 
 fn decode_refuse(r: &mut Reader<'_>) -> Result<Message, WireError> {
@@ -584,7 +829,18 @@ mod tests {
                 epoch: 4,
                 size: 1 << 30,
             },
-            Message::HelloAck { epoch: 4 },
+            Message::HelloAck {
+                epoch: 4,
+                suspect: Suspect::none(),
+            },
+            Message::HelloAck {
+                epoch: 4,
+                suspect: Suspect::Ranges(vec![(0, 4096), (1 << 20, 64 << 10)]),
+            },
+            Message::HelloAck {
+                epoch: 4,
+                suspect: Suspect::Everything,
+            },
             Message::Refuse {
                 code: RefuseCode::StaleEpoch,
                 text: "epoch 2 is stale: this leg is at epoch 3".into(),
@@ -624,6 +880,51 @@ mod tests {
             },
             Message::Ping { seq: 1 },
             Message::Pong { seq: 1 },
+            Message::VerifyRequest {
+                epoch: 4,
+                seq: 6,
+                offset: 8192,
+                len: 3 * VERIFY_BLOCK,
+            },
+            Message::VerifyReply {
+                epoch: 4,
+                seq: 6,
+                offset: 8192,
+                len: 3 * VERIFY_BLOCK - 100,
+                digests: vec![1, 2, u64::MAX],
+            },
+        ]
+    }
+
+    fn suspect() -> impl Strategy<Value = Suspect> {
+        prop_oneof![
+            1 => Just(Suspect::Everything),
+            4 => proptest::collection::vec(any::<(u64, u64)>(), 0..20).prop_map(Suspect::Ranges),
+        ]
+    }
+
+    fn verify_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            any::<[u64; 4]>().prop_map(|[epoch, seq, offset, len]| Message::VerifyRequest {
+                epoch,
+                seq,
+                offset,
+                len
+            }),
+            (any::<[u64; 3]>(), 0..=64 * VERIFY_BLOCK).prop_flat_map(|([e, s, o], len)| {
+                let count = len.div_ceil(VERIFY_BLOCK) as usize;
+                proptest::collection::vec(any::<u64>(), count).prop_map(move |digests| {
+                    Message::VerifyReply {
+                        epoch: e,
+                        seq: s,
+                        offset: o,
+                        len,
+                        digests,
+                    }
+                })
+            }),
+            (any::<u64>(), suspect())
+                .prop_map(|(epoch, suspect)| Message::HelloAck { epoch, suspect }),
         ]
     }
 
@@ -643,7 +944,10 @@ mod tests {
                     }
                 })
             ),
-            any::<u64>().prop_map(|epoch| Message::HelloAck { epoch }),
+            any::<u64>().prop_map(|epoch| Message::HelloAck {
+                epoch,
+                suspect: Suspect::none()
+            }),
             (any::<u16>(), ".{0,40}").prop_map(|(code, text)| Message::Refuse {
                 code: RefuseCode::from_u16(code),
                 text
@@ -690,6 +994,7 @@ mod tests {
             }),
             any::<u64>().prop_map(|seq| Message::Ping { seq }),
             any::<u64>().prop_map(|seq| Message::Pong { seq }),
+            verify_message(),
         ]
     }
 
@@ -780,10 +1085,170 @@ mod tests {
         assert!(error.to_string().contains("UTF-8"), "{error}");
     }
 
+    #[test]
+    fn an_old_eight_byte_hello_ack_means_nothing_suspect() {
+        let old = resealed(KIND_HELLO_ACK, &9u64.to_be_bytes());
+        let suspect = Suspect::none();
+        assert_eq!(decode(&old), Ok(Message::HelloAck { epoch: 9, suspect }));
+        let too_many = Message::HelloAck {
+            epoch: 9,
+            suspect: Suspect::Ranges(vec![(0, 1); MAX_SUSPECT_RANGES + 1]),
+        };
+        let everything = Message::HelloAck {
+            epoch: 9,
+            suspect: Suspect::Everything,
+        };
+        assert_eq!(
+            decode(&encode(&too_many)),
+            Ok(everything),
+            "sent as everything"
+        );
+    }
+
+    /// A HelloAck payload: epoch 1, then `tail`.
+    fn hello_ack_with(tail: &[u8]) -> Result<Message, WireError> {
+        let mut payload = 1u64.to_be_bytes().to_vec();
+        payload.extend_from_slice(tail);
+        decode(&resealed(KIND_HELLO_ACK, &payload))
+    }
+
+    #[test]
+    fn malformed_suspect_lists_are_refused_naming_the_field() {
+        let cases: [(&[u8], usize, &str); 5] = [
+            (&[2, 0, 0, 0, 0, 0], 8, "format 2 is not supported"),
+            (&[1, 7, 0, 0, 0, 0], 9, "everything flag is 7"),
+            (
+                &[1, 1, 0, 0, 0, 1],
+                10,
+                "everything marker comes with 1 ranges",
+            ),
+            (&[1, 0, 0, 0, 0x10, 1], 10, "4097 suspect ranges exceed"),
+            (
+                &[1, 0, 0, 0, 0, 1, 0, 0],
+                14,
+                "1 suspect ranges need 16 bytes, 2 follow",
+            ),
+        ];
+        for (tail, at, text) in cases {
+            let error = hello_ack_with(tail).unwrap_err();
+            assert!(
+                matches!(error, WireError::BadPayload { kind: "hello-ack", at: found, .. } if found == at),
+                "{error}"
+            );
+            assert!(error.to_string().contains(text), "{error}");
+        }
+    }
+
+    /// A VerifyReply payload with the given length and digest count, and `extra` digests.
+    fn verify_reply_with(len: u64, count: u32, digests: usize) -> Result<Message, WireError> {
+        let mut payload = Vec::new();
+        put_u64s(&mut payload, &[1, 2, 0, len]);
+        payload.extend_from_slice(&count.to_be_bytes());
+        put_u64s(&mut payload, &vec![7; digests]);
+        decode(&resealed(KIND_VERIFY_REPLY, &payload))
+    }
+
+    #[test]
+    fn malformed_verify_frames_are_refused_naming_the_field() {
+        assert!(verify_reply_with(2 * VERIFY_BLOCK, 2, 2).is_ok());
+        let error = verify_reply_with(2 * VERIFY_BLOCK, 3, 3).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                WireError::BadPayload {
+                    kind: "verify-reply",
+                    at: 32,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("3 digests for 8192 bytes, expected 2"),
+            "{error}"
+        );
+        let error = verify_reply_with(2 * VERIFY_BLOCK, 2, 1).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("2 digests need 16 bytes, 8 follow"),
+            "{error}"
+        );
+        let error = verify_reply_with(MAX_VERIFY_LEN + 1, 0, 0).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                WireError::BadPayload {
+                    kind: "verify-reply",
+                    at: 24,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let error = decode(&resealed(KIND_VERIFY_REQUEST, &[0; 31])).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                WireError::BadPayload {
+                    kind: "verify-request",
+                    at: 24,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let error = decode(&resealed(KIND_VERIFY_REQUEST, &[0; 33])).unwrap_err();
+        assert!(
+            error.to_string().contains("1 unexpected trailing bytes"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn digests_tell_blocks_apart() {
+        let zero = vec![0u8; VERIFY_BLOCK as usize];
+        let mut one = zero.clone();
+        one[4095] = 1;
+        let mut swapped = zero.clone();
+        swapped[0..8].copy_from_slice(&5u64.to_le_bytes());
+        let mut moved = zero.clone();
+        moved[8..16].copy_from_slice(&5u64.to_le_bytes());
+        let digests = [&zero, &one, &swapped, &moved].map(|b| verify_digest(b));
+        for i in 0..digests.len() {
+            for j in i + 1..digests.len() {
+                assert_ne!(digests[i], digests[j], "blocks {i} and {j}");
+            }
+        }
+        assert_eq!(verify_digests(&[0u8; 10_000]).len(), 3);
+        assert_eq!(verify_digests(&[]).len(), 0);
+    }
+
     proptest! {
         #[test]
         fn round_trip(message in message()) {
             prop_assert_eq!(decode(&encode(&message)), Ok(message));
+        }
+
+        #[test]
+        fn verify_and_suspect_messages_round_trip(message in verify_message()) {
+            let bytes = encode(&message);
+            prop_assert_eq!(frame_len(&bytes), Ok(bytes.len()));
+            prop_assert_eq!(decode(&bytes), Ok(message));
+        }
+
+        #[test]
+        fn any_change_of_a_block_changes_its_digest(
+            data in proptest::collection::vec(any::<u8>(), 1..=VERIFY_BLOCK as usize),
+            at in any::<prop::sample::Index>(),
+            xor in 1u8..=255,
+        ) {
+            let mut changed = data.clone();
+            let at = at.index(data.len());
+            changed[at] ^= xor;
+            prop_assert_ne!(verify_digest(&data), verify_digest(&changed));
         }
 
         #[test]

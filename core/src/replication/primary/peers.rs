@@ -5,6 +5,14 @@
 //! must be exactly right. A peer that must ack (`Sync`, `Promoting`) and fails becomes
 //! `Failing`: requests it lacks stay held, `Outdated` is proposed, and only the committed
 //! `Outdated` releases them into its bitmap ([`Primary::leg_state_committed`]).
+//!
+//! It also takes a returning ex-primary's crash-suspect ranges from its `HelloAck`. After a
+//! takeover the new primary knows the old one's leg was `UpToDate` until then, so it starts
+//! that peer with an empty bitmap recording every write from now
+//! ([`Primary::track_from_now`]) instead of all dirty; the old primary's leg may differ only
+//! there and in its activity log's hot extents (writes in flight at the crash, on its disk
+//! only or on ours only), which it names when it connects. Both are marked before its resync
+//! starts, so the resync covers exactly their union.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +20,9 @@ use super::{
     LinkState, Local, Peer, PeerLeg, PeerMode, PeerStatus, Primary, PrimaryAction, ReplError,
 };
 use crate::legmeta::OutOfSync;
+use crate::replication::check_range;
 use crate::replication::overlaps;
-use crate::replication::wire::{self, Message, PROTOCOL_VERSION};
+use crate::replication::wire::{self, Message, Suspect, PROTOCOL_VERSION};
 use crate::volume::{LegId, LegState};
 
 impl Peer {
@@ -45,6 +54,9 @@ impl Peer {
             data_gen: 0,
             flushed_gen: 0,
             sync_flush: None,
+            repairing: false,
+            verify: None,
+            verify_tokens: 0,
         })
     }
 }
@@ -113,7 +125,14 @@ impl Primary {
     fn on_peer_message(&mut self, index: usize, message: Message) -> Result<(), ReplError> {
         let leg = self.peers[index].leg;
         match message {
-            Message::HelloAck { epoch } => self.on_hello_ack(index, epoch),
+            Message::HelloAck { epoch, suspect } => self.on_hello_ack(index, epoch, suspect),
+            Message::VerifyReply {
+                epoch,
+                seq,
+                offset,
+                len,
+                digests,
+            } => self.on_verify_reply(index, epoch, seq, (offset, len), digests),
             Message::Ack { epoch, seq, ok } if epoch == self.epoch => {
                 self.on_ack(index, seq, ok);
                 Ok(())
@@ -149,7 +168,12 @@ impl Primary {
         }
     }
 
-    fn on_hello_ack(&mut self, index: usize, epoch: u64) -> Result<(), ReplError> {
+    fn on_hello_ack(
+        &mut self,
+        index: usize,
+        epoch: u64,
+        suspect: Suspect,
+    ) -> Result<(), ReplError> {
         let leg = self.peers[index].leg;
         if self.peers[index].link != LinkState::Connecting || epoch != self.epoch {
             let reason = format!(
@@ -169,7 +193,75 @@ impl Primary {
         peer.cursor = 0;
         let mode = peer.mode;
         self.note(format!("peer leg {leg} connected ({mode:?})"));
+        self.mark_suspect(index, suspect);
         self.send_unsent(index);
+        Ok(())
+    }
+
+    /// Marks what a connecting peer reports as crash-suspect in its bitmap, before its resync
+    /// starts. A range outside the volume makes the whole leg suspect (the safe reading).
+    fn mark_suspect(&mut self, index: usize, suspect: Suspect) {
+        if suspect.is_none() {
+            return;
+        }
+        let (leg, size) = (self.peers[index].leg, self.size);
+        let ranges = match suspect {
+            Suspect::Ranges(ranges) => ranges,
+            Suspect::Everything => Vec::new(),
+        };
+        let bad = ranges
+            .iter()
+            .find(|&&(offset, len)| check_range(offset, len, size).is_err());
+        let peer = &mut self.peers[index];
+        let text = if let Some(&(offset, len)) = bad {
+            peer.oos.mark_all();
+            format!("reports a suspect range of {len} bytes at {offset}, outside the volume")
+        } else if ranges.is_empty() {
+            peer.oos.mark_all();
+            "reports its whole leg suspect".to_string()
+        } else {
+            let bytes: u64 = ranges.iter().map(|&(_, len)| len).sum();
+            for &(offset, len) in &ranges {
+                let _ = peer.oos.mark(offset, len);
+            }
+            format!(
+                "reports {} crash-suspect ranges ({bytes} bytes)",
+                ranges.len()
+            )
+        };
+        if peer.mode == PeerMode::Sync {
+            peer.repairing = true;
+        }
+        let dirty = peer.oos.dirty_bytes();
+        self.note(format!(
+            "peer leg {leg} {text}: marked for resync ({dirty} bytes dirty)"
+        ));
+    }
+
+    /// Starts peer leg `leg` with an empty bitmap that records every write from now, instead
+    /// of all dirty. For a leg committed `Outdated` whose history this node knows: it took
+    /// over from that leg's node, and the leg was `UpToDate` until the takeover, so it can
+    /// lack only what is written from now on and what its node reports as crash-suspect when
+    /// it connects. Must come before any request and before that peer connects.
+    pub fn track_from_now(&mut self, leg: LegId) -> Result<(), ReplError> {
+        let index = self.peer_index(leg)?;
+        let peer = &self.peers[index];
+        if peer.committed != LegState::Outdated {
+            return Err(ReplError::Config(format!(
+                "track_from_now: leg {leg} is {}, only an Outdated leg may start clean",
+                peer.committed.as_str()
+            )));
+        }
+        if self.next_seq != 1 || peer.link != LinkState::Down {
+            return Err(ReplError::Config(format!(
+                "track_from_now: leg {leg} must be set up before any request and before it \
+                 connects"
+            )));
+        }
+        self.peers[index].oos = OutOfSync::new(self.size, self.grain)?;
+        self.note(format!(
+            "peer leg {leg}: tracking writes from now (it was UpToDate until the takeover)"
+        ));
         Ok(())
     }
 
@@ -205,7 +297,13 @@ impl Primary {
             self.peer_failed(index, format!("seq {seq} failed on its disk"));
             return;
         }
-        if self.peers[index].mode == PeerMode::Behind {
+        if self.is_verify_seq(index, seq) {
+            let reason = format!("ack of verify seq {seq}: a verify is answered with digests");
+            self.peer_failed(index, reason);
+            return;
+        }
+        let peer = &self.peers[index];
+        if peer.mode == PeerMode::Behind || (peer.mode == PeerMode::Sync && peer.repairing) {
             self.clear_synced(index, sent.range);
         }
         let peer = &mut self.peers[index];
@@ -348,6 +446,7 @@ impl Primary {
         }
         let peer = &mut self.peers[index];
         peer.mode = PeerMode::Behind;
+        peer.repairing = false;
         peer.done = 0;
         peer.cursor = 0;
         if peer
@@ -411,6 +510,7 @@ impl Primary {
             self.actions.push(PrimaryAction::DropLink { leg, reason });
         }
         self.note(format!("link to peer leg {leg} down: {reason}"));
+        self.abort_verify(index, format!("the link went down ({reason})"));
     }
 
     pub(super) fn propose(&mut self, index: usize, state: LegState) {
@@ -510,7 +610,9 @@ impl Primary {
         self.peers.iter().find(|p| p.leg == leg).map(|p| &p.oos)
     }
 
-    /// Mutable access, for [`OutOfSync::take_dirty_pages`].
+    /// Mutable access, for [`OutOfSync::take_dirty_pages`]. To mark ranges, use
+    /// [`Primary::mark_out_of_sync`]: grains marked here on an `UpToDate` peer are not
+    /// resynced until something else starts its repair.
     pub fn peer_bitmap_mut(&mut self, leg: LegId) -> Option<&mut OutOfSync> {
         self.peers
             .iter_mut()
@@ -538,7 +640,30 @@ impl Primary {
                 "bitmap for leg {leg} cannot be replaced while messages to it are in flight"
             )));
         }
+        peer.repairing = peer.mode == PeerMode::Sync && map.next_dirty(0).is_some();
         peer.oos = map;
+        self.pump();
+        Ok(())
+    }
+
+    /// Marks byte ranges `(offset, len)` out of sync for peer leg `leg`: they are resynced
+    /// from this leg. E.g. this leg's activity-log hot extents after this node crashed as the
+    /// primary and was promoted again (`legmeta::Recovered::resync_ranges`), for every peer.
+    /// A peer committed `UpToDate` stays so and keeps acking every write; the ranges are
+    /// repaired in step (see the `verify` module). All ranges are checked before any is marked.
+    pub fn mark_out_of_sync(&mut self, leg: LegId, ranges: &[(u64, u64)]) -> Result<(), ReplError> {
+        let index = self.peer_index(leg)?;
+        for &(offset, len) in ranges {
+            check_range(offset, len, self.size)?;
+        }
+        let peer = &mut self.peers[index];
+        for &(offset, len) in ranges {
+            peer.oos.mark(offset, len)?;
+        }
+        if peer.mode == PeerMode::Sync && !ranges.is_empty() {
+            peer.repairing = true;
+        }
+        self.pump();
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! Resync: copying to a behind peer exactly the grains its bitmap says it may lack.
+//! Resync: copying to a behind peer exactly the grains its bitmap says it may lack (and to an
+//! in-step peer being repaired after a verify, see the `verify` module).
 //!
 //! Why a module of its own: resync competes with client writes for the same ranges and the
 //! same bandwidth. The walk goes through the peer's dirty grains from a cursor (wrapping once
@@ -21,7 +22,6 @@
 //! [`Tuning::resync_busy_rate`]: super::Tuning::resync_busy_rate
 
 use super::{LinkState, PeerMode, Primary, Purpose, ResyncOp};
-use crate::legmeta::OutOfSync;
 use crate::replication::wire::{self, Message};
 use crate::replication::{check_range, overlaps, DiskKind, ReplError};
 use crate::volume::LegId;
@@ -134,12 +134,11 @@ impl Primary {
             return;
         }
         self.rate_at = self.now;
-        let rate = self.rate_now();
-        let chunk = self.tuning.resync_chunk;
-        let cap = (rate / 10).max(chunk).min(i64::MAX as u64) as i64;
-        let earned = (u128::from(rate) * u128::from(elapsed) / 1000).min(i64::MAX as u128) as i64;
+        let (cap, earned) = budget(self.rate_now(), self.tuning.resync_chunk, elapsed);
+        let verify = budget(self.verify_rate_now(), self.tuning.verify_chunk, elapsed);
         for peer in &mut self.peers {
             peer.tokens = peer.tokens.saturating_add(earned).min(cap);
+            peer.verify_tokens = peer.verify_tokens.saturating_add(verify.1).min(verify.0);
         }
     }
 
@@ -154,7 +153,8 @@ impl Primary {
         let unlimited = self.rate_now() == u64::MAX;
         for _ in 0..window {
             let peer = &self.peers[index];
-            let ready = peer.mode == PeerMode::Behind
+            let repairing = peer.mode == PeerMode::Sync && peer.repairing;
+            let ready = (peer.mode == PeerMode::Behind || repairing)
                 && peer.link == LinkState::Up
                 && self.now >= peer.paused_until
                 && peer.resync.len() < window
@@ -194,7 +194,7 @@ impl Primary {
         let (mut from, mut wrapped) = (cursor, false);
         let mut first = None;
         for _ in 0..MAX_BUSY_SKIPS {
-            match first_dirty(map, from, size) {
+            match map.next_dirty(from) {
                 Some(g) if wrapped && g >= cursor => return None,
                 Some(g) if self.busy_for_resync(index, grain_range(g)) => from = g + 1,
                 Some(g) => {
@@ -262,20 +262,24 @@ impl Primary {
         }
     }
 
-    /// A local read completed with `data`.
+    /// A local read (resync or verify) completed with `data`.
     pub fn disk_read_done(&mut self, id: u64, data: Vec<u8>) -> Result<(), ReplError> {
-        let (leg, seq) = match self.disk.get(&id) {
-            Some(&Purpose::ResyncRead { leg, seq }) => (leg, seq),
-            Some(_) => {
+        let purpose = match self.disk.get(&id) {
+            Some(&Purpose::Request(_)) => {
                 return Err(ReplError::BadCompletion {
                     id,
                     reason: "it is not a read; complete it with disk_done".into(),
                 })
             }
+            Some(&purpose) => purpose,
             None => return Err(ReplError::UnknownDiskOp { id }),
         };
         self.disk.remove(&id);
-        let result = self.send_resync_data(id, leg, seq, data);
+        let result = match purpose {
+            Purpose::ResyncRead { leg, seq } => self.send_resync_data(id, leg, seq, data),
+            Purpose::VerifyRead { leg, seq } => self.verify_read_done(id, leg, seq, data),
+            Purpose::Request(_) => Ok(()),
+        };
         self.pump();
         result
     }
@@ -333,29 +337,10 @@ impl Primary {
     }
 }
 
-/// The first dirty grain at or after grain `from`, by bisection over `is_dirty` (which scans
-/// only from the start of the range it is given).
-fn first_dirty(map: &OutOfSync, from: u64, size: u64) -> Option<u64> {
-    let grain = map.grain();
-    let dirty = |lo: u64, hi: u64| {
-        let start = lo * grain;
-        let end = (hi * grain).min(size);
-        start < end && map.is_dirty(start, end - start).unwrap_or(false)
-    };
-    let (mut lo, mut hi) = (from, map.grains());
-    if !dirty(lo, hi) {
-        return None;
-    }
-    for _ in 0..64 {
-        if hi - lo <= 1 {
-            break;
-        }
-        let mid = lo + (hi - lo) / 2;
-        if dirty(lo, mid) {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    Some(lo)
+/// A token bucket's cap (a tenth of a second at `rate`, at least one `chunk`) and what
+/// `elapsed_ms` earned at `rate` bytes per second.
+fn budget(rate: u64, chunk: u64, elapsed_ms: u64) -> (i64, i64) {
+    let cap = (rate / 10).max(chunk).min(i64::MAX as u64) as i64;
+    let earned = (u128::from(rate) * u128::from(elapsed_ms) / 1000).min(i64::MAX as u128) as i64;
+    (cap, earned)
 }

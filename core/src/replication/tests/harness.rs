@@ -155,6 +155,8 @@ pub struct WriteRec {
 
 pub struct Harness {
     pub primary: Primary,
+    /// The primary's own leg (0 unless built by [`Harness::build`]).
+    pub my_leg: LegId,
     pub pdisk: MemDisk,
     pub legs: Vec<Leg>,
     pub now: u64,
@@ -181,6 +183,11 @@ pub fn test_tuning() -> Tuning {
         hello_timeout_ms: 1_000,
         repropose_ms: 500,
         read_retry_ms: 100,
+        verify_chunk: 16 * 1024,
+        verify_window: 4,
+        verify_window_busy: 1,
+        verify_max_rate: u64::MAX,
+        verify_busy_rate: u64::MAX,
         ..Tuning::default()
     }
 }
@@ -192,21 +199,40 @@ impl Harness {
     }
 
     pub fn with_tuning(states: &[LegState], tuning: Tuning) -> Harness {
+        let peers: Vec<(LegId, LegState)> = (states.iter().enumerate())
+            .map(|(index, &state)| (index as LegId + 1, state))
+            .collect();
+        Harness::build(MY_LEG, EPOCH, &peers, tuning, |primary| primary)
+    }
+
+    /// The node that holds leg `leg` (leg 0 is on node 1, and so on).
+    pub fn node_of(leg: LegId) -> u64 {
+        PRIMARY_NODE + u64::from(leg)
+    }
+
+    /// A primary on leg `my_leg` in `epoch` with the given peer legs; `setup` may adjust the
+    /// primary before anything happens (e.g. `track_from_now`).
+    pub fn build(
+        my_leg: LegId,
+        epoch: u64,
+        peer_legs: &[(LegId, LegState)],
+        tuning: Tuning,
+        setup: impl FnOnce(Primary) -> Primary,
+    ) -> Harness {
         let ident = Ident {
             cluster: CLUSTER,
             volume: VOLUME,
-            node: PRIMARY_NODE,
+            node: Harness::node_of(my_leg),
         };
         let mut peers = Vec::new();
         let mut legs = Vec::new();
-        for (index, &state) in states.iter().enumerate() {
-            let leg = index as LegId + 1;
-            let node = PRIMARY_NODE + u64::from(leg);
+        for &(leg, state) in peer_legs {
+            let node = Harness::node_of(leg);
             peers.push(PeerLeg { leg, node, state });
             let sec_ident = Ident { node, ..ident };
             legs.push(Leg {
                 id: leg,
-                sec: Secondary::new(sec_ident, leg, SIZE, EPOCH),
+                sec: Secondary::new(sec_ident, leg, SIZE, epoch),
                 disk: MemDisk::new(),
                 up: false,
                 to_sec: VecDeque::new(),
@@ -215,11 +241,12 @@ impl Harness {
                 committed: state,
             });
         }
-        let primary = Primary::new(ident, MY_LEG, SIZE, EPOCH, peers, GRAIN)
+        let primary = Primary::new(ident, my_leg, SIZE, epoch, peers, GRAIN)
             .and_then(|p| p.with_tuning(tuning))
             .expect("test primary");
         Harness {
-            primary,
+            primary: setup(primary),
+            my_leg,
             pdisk: MemDisk::new(),
             legs,
             now: 1_000,
@@ -402,8 +429,9 @@ impl Harness {
             _ => Event::PeerWriteDone(leg.id),
         };
         self.events.push(event);
-        if let Done::Ok(id, ok) = done {
-            leg.sec.disk_done(id, ok).expect("secondary completion");
+        match done {
+            Done::Ok(id, ok) => leg.sec.disk_done(id, ok).expect("secondary completion"),
+            Done::Read(id, data) => leg.sec.disk_read_done(id, data).expect("secondary read"),
         }
         self.drain();
         true
@@ -488,7 +516,9 @@ impl Harness {
     fn quiet(&self) -> bool {
         let busy_peer = self.legs.iter().any(|leg| {
             let status = self.primary.peer_status(leg.id).expect("status");
-            leg.up && status.mode != PeerMode::Sync && status.proposed.is_none() && !leg.hold
+            let verifying = (self.primary.verify_status(leg.id)).is_some_and(|v| !v.finished);
+            let behind = status.mode != PeerMode::Sync || status.dirty_bytes > 0 || verifying;
+            leg.up && behind && status.proposed.is_none() && !leg.hold
         });
         let frozen_by_test = !self.auto_commit;
         (self.primary.in_flight() == 0 || frozen_by_test)
@@ -542,7 +572,7 @@ impl Harness {
 
     /// The disks (local first) of the legs committed UpToDate now.
     fn up_to_date_disks(&self) -> Vec<(LegId, &MemDisk)> {
-        let mut disks = vec![(MY_LEG, &self.pdisk)];
+        let mut disks = vec![(self.my_leg, &self.pdisk)];
         for leg in &self.legs {
             if leg.committed == LegState::UpToDate {
                 disks.push((leg.id, &leg.disk));

@@ -1,7 +1,10 @@
 //! Tests of the replication link: the secondary alone, then a primary with one or two
-//! secondaries wired through the in-memory [`harness`], then random schedules (proptest).
+//! secondaries wired through the in-memory [`harness`], then random schedules (proptest),
+//! online verify, and the resync after a takeover.
 
 mod harness;
 mod primary_tests;
 mod random_schedules;
 mod secondary_tests;
+mod takeover_tests;
+mod verify_tests;

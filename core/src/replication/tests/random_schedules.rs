@@ -4,7 +4,8 @@
 //! Checked throughout (by the harness, at every `Complete`): the write is on every leg that is
 //! committed `UpToDate` at that moment, durably for `fua` writes and for the writes a `FLUSH`
 //! covers. Checked at the end: every accepted request completed, every leg is `UpToDate`
-//! again and byte-identical to the primary's.
+//! again and byte-identical to the primary's. Online verifies (some repairing) start at random
+//! moments; one that ran to the end must have found the legs identical.
 
 use proptest::prelude::*;
 
@@ -24,6 +25,7 @@ enum Step {
     Connect { peer: usize },
     Commit,
     Tick { ms: u64 },
+    Verify { peer: usize, repair: bool },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -40,6 +42,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..2).prop_map(|peer| Step::Connect { peer }),
         2 => Just(Step::Commit),
         1 => (1u64..400).prop_map(|ms| Step::Tick { ms }),
+        1 => (0usize..2, any::<bool>()).prop_map(|(peer, repair)| Step::Verify { peer, repair }),
     ]
 }
 
@@ -78,9 +81,13 @@ fn run(states: &[LegState], steps: &[Step]) {
                 h.commit_one();
             }
             Step::Tick { ms } => h.tick(ms),
+            Step::Verify { peer, repair } => verify(&mut h, peer as u32 % peers as u32 + 1, repair),
         }
     }
     h.heal();
+    for leg in &h.legs {
+        check_verify(&h, leg.id);
+    }
     for req in &accepted {
         assert!(h.is_completed(*req), "request {req} never completed");
     }
@@ -91,6 +98,25 @@ fn run(states: &[LegState], steps: &[Step]) {
         assert_eq!(status.dirty_bytes, 0);
     }
     h.assert_identical();
+}
+
+/// Starts a verify of `leg` if it may run (refusals are expected: not UpToDate, not
+/// connected, one running), after checking the previous one.
+fn verify(h: &mut Harness, leg: u32, repair: bool) {
+    check_verify(h, leg);
+    if h.primary.start_verify(h.now, leg, repair).is_ok() {
+        h.drain();
+    }
+}
+
+/// A verify that ran to the end found no difference: nothing was corrupted.
+fn check_verify(h: &Harness, leg: u32) {
+    if let Some(status) = h.primary.verify_status(leg) {
+        if status.finished && status.aborted.is_none() {
+            assert_eq!(status.mismatches, vec![], "leg {leg}: {status:?}");
+            assert_eq!(status.done_bytes, SIZE);
+        }
+    }
 }
 
 /// Completes the `pick`-th pending disk operation (modulo their number), anywhere.

@@ -1,7 +1,10 @@
 //! The secondary on its own: who it attaches to, what it refuses, how it orders its disk.
 
 use crate::ids::ClusterId;
-use crate::replication::wire::{decode, encode, Message, RefuseCode, PROTOCOL_VERSION};
+use crate::replication::wire::{
+    decode, encode, verify_digests, Message, RefuseCode, Suspect, MAX_SUSPECT_RANGES,
+    MAX_VERIFY_LEN, PROTOCOL_VERSION, VERIFY_BLOCK,
+};
 use crate::replication::{DiskKind, DiskOp, Ident, ReplError, Secondary, SecondaryAction};
 
 const CLUSTER: ClusterId = ClusterId([5; 16]);
@@ -56,7 +59,8 @@ fn attached(epoch: u64) -> Secondary {
     let mut s = secondary(epoch);
     s.on_message(0, &encode(&hello(epoch))).expect("hello");
     let (sent, _, _) = split(s.take_actions());
-    assert_eq!(sent, vec![Message::HelloAck { epoch }]);
+    let suspect = Suspect::none();
+    assert_eq!(sent, vec![Message::HelloAck { epoch, suspect }]);
     s
 }
 
@@ -355,7 +359,207 @@ fn pings_are_answered_and_replies_from_a_primary_are_refused() {
     let (sent, _, _) = split(s.take_actions());
     assert_eq!(sent, vec![Message::Pong { seq: 5 }]);
     let error = s
-        .on_message(0, &encode(&Message::HelloAck { epoch: 3 }))
+        .on_message(
+            0,
+            &encode(&Message::HelloAck {
+                epoch: 3,
+                suspect: Suspect::none(),
+            }),
+        )
         .unwrap_err();
     assert!(error.to_string().contains("hello-ack"), "{error}");
+}
+
+fn verify(epoch: u64, seq: u64, offset: u64, len: u64) -> Vec<u8> {
+    encode(&Message::VerifyRequest {
+        epoch,
+        seq,
+        offset,
+        len,
+    })
+}
+
+#[test]
+fn a_verify_reads_after_earlier_writes_and_answers_with_digests() {
+    let mut s = attached(3);
+    s.on_message(0, &write(3, 1, 4096, 512, false))
+        .expect("write");
+    s.on_message(0, &verify(3, 2, 0, 3 * VERIFY_BLOCK))
+        .expect("verify");
+    s.on_message(0, &write(3, 3, 8192, 512, false))
+        .expect("later write");
+    s.on_message(0, &encode(&Message::Flush { epoch: 3, seq: 4 }))
+        .expect("flush");
+    let (_, disk, _) = split(s.take_actions());
+    assert_eq!(
+        disk.len(),
+        1,
+        "the read waits for the write, the later write for the read"
+    );
+    s.disk_done(disk[0].id, true).expect("write done");
+    let (sent, disk, _) = split(s.take_actions());
+    assert_eq!(sent.len(), 1, "ack of the write");
+    let kinds: Vec<&DiskKind> = disk.iter().map(|op| &op.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![&DiskKind::Read {
+            offset: 0,
+            len: 3 * VERIFY_BLOCK
+        }],
+        "the flush waits for the later write, not for the read"
+    );
+    let data: Vec<u8> = (0..3 * VERIFY_BLOCK).map(|i| (i % 251) as u8).collect();
+    s.disk_read_done(disk[0].id, data.clone()).expect("read");
+    let (sent, disk, _) = split(s.take_actions());
+    assert_eq!(
+        sent,
+        vec![Message::VerifyReply {
+            epoch: 3,
+            seq: 2,
+            offset: 0,
+            len: 3 * VERIFY_BLOCK,
+            digests: verify_digests(&data),
+        }]
+    );
+    assert!(matches!(disk[0].kind, DiskKind::Write { offset: 8192, .. }));
+}
+
+#[test]
+fn the_last_verify_block_may_be_short() {
+    let mut s = attached(3);
+    let last = SIZE - VERIFY_BLOCK;
+    s.on_message(0, &verify(3, 1, last - VERIFY_BLOCK, 2 * VERIFY_BLOCK))
+        .expect("ends at the end");
+    let (_, disk, _) = split(s.take_actions());
+    s.disk_read_done(disk[0].id, vec![0; 2 * VERIFY_BLOCK as usize])
+        .expect("read");
+    let (sent, _, _) = split(s.take_actions());
+    assert!(matches!(&sent[..], [Message::VerifyReply { digests, .. }] if digests.len() == 2));
+}
+
+#[test]
+fn bad_verify_requests_are_refused_naming_what_is_wrong() {
+    let cases: [(Vec<u8>, RefuseCode, &str); 5] = [
+        (
+            verify(2, 1, 0, 4096),
+            RefuseCode::StaleEpoch,
+            "from epoch 2",
+        ),
+        (
+            verify(3, 1, SIZE, 4096),
+            RefuseCode::OutOfRange,
+            "outside the volume",
+        ),
+        (
+            verify(3, 1, 512, 4096),
+            RefuseCode::Protocol,
+            "not on a 4096-byte block",
+        ),
+        (
+            verify(3, 1, 0, 4096 + 512),
+            RefuseCode::Protocol,
+            "ends inside a 4096-byte block",
+        ),
+        (
+            verify(3, 1, 0, MAX_VERIFY_LEN + 4096),
+            RefuseCode::Protocol,
+            "exceeds the 33554432-byte limit",
+        ),
+    ];
+    for (frame, code, text) in cases {
+        let mut s = attached(3);
+        let error = s.on_message(0, &frame).unwrap_err();
+        let (sent, disk, drops) = split(s.take_actions());
+        let (got, reason) = refusal(&sent);
+        assert_eq!(got, code, "{reason}");
+        assert!(reason.contains(text), "{text}: {reason} / {error}");
+        assert!(disk.is_empty(), "{text}: nothing read");
+        assert_eq!(drops.len(), 1, "{text}: the link is dropped");
+    }
+    let mut s = secondary(3);
+    let error = s.on_message(0, &verify(3, 1, 0, 4096)).unwrap_err();
+    assert!(
+        error.to_string().contains("no primary is attached"),
+        "{error}"
+    );
+}
+
+#[test]
+fn read_completions_are_checked() {
+    let mut s = attached(3);
+    s.on_message(0, &verify(3, 1, 0, 4096)).expect("verify");
+    s.on_message(0, &write(3, 2, 8192, 512, false))
+        .expect("write");
+    let (_, disk, _) = split(s.take_actions());
+    let (read, write) = (disk[0].id, disk[1].id);
+    let error = s.disk_read_done(write, vec![0; 512]).unwrap_err();
+    assert!(error.to_string().contains("not a read"), "{error}");
+    let error = s.disk_read_done(999, vec![]).unwrap_err();
+    assert_eq!(error, ReplError::UnknownDiskOp { id: 999 });
+    // A read reported without its data counts as failed: the primary hears a failed ack.
+    let error = s.disk_done(read, true).unwrap_err();
+    assert!(error.to_string().contains("disk_read_done"), "{error}");
+    let (sent, _, _) = split(s.take_actions());
+    let failed = |seq| Message::Ack {
+        epoch: 3,
+        seq,
+        ok: false,
+    };
+    assert_eq!(sent, vec![failed(1)]);
+    // A short read, too.
+    s.on_message(0, &verify(3, 3, 0, 4096)).expect("verify");
+    let (_, disk, _) = split(s.take_actions());
+    let error = s.disk_read_done(disk[0].id, vec![0; 100]).unwrap_err();
+    assert!(error.to_string().contains("returned 100"), "{error}");
+    let (sent, _, _) = split(s.take_actions());
+    assert_eq!(sent, vec![failed(3)]);
+    let error = s
+        .on_message(
+            0,
+            &encode(&Message::VerifyReply {
+                epoch: 3,
+                seq: 1,
+                offset: 0,
+                len: 0,
+                digests: vec![],
+            }),
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("verify-reply"), "{error}");
+}
+
+#[test]
+fn suspect_ranges_are_merged_and_sent_in_every_hello_ack() {
+    let ranges = vec![
+        (8192, 4096),
+        (0, 4096),
+        (4096, 4096),
+        (65536, 4096),
+        (66000, 10),
+    ];
+    let mut s = secondary(3).with_suspect_ranges(ranges);
+    let merged = Suspect::Ranges(vec![(0, 12288), (65536, 4096)]);
+    assert_eq!(s.suspect(), &merged);
+    for _ in 0..2 {
+        s.on_message(0, &encode(&hello(3))).expect("hello");
+        let (sent, _, _) = split(s.take_actions());
+        let ack = Message::HelloAck {
+            epoch: 3,
+            suspect: merged.clone(),
+        };
+        assert_eq!(sent, vec![ack]);
+        s.link_lost();
+    }
+    let outside = secondary(3).with_suspect_ranges(vec![(SIZE - 10, 20)]);
+    assert_eq!(outside.suspect(), &Suspect::Everything);
+    let many: Vec<(u64, u64)> = (0..MAX_SUSPECT_RANGES as u64 + 1)
+        .map(|i| (i * 2 * 64, 64))
+        .collect();
+    let many = secondary(3).with_suspect_ranges(many);
+    assert_eq!(many.suspect(), &Suspect::Everything);
+    let fits: Vec<(u64, u64)> = (0..MAX_SUSPECT_RANGES as u64)
+        .map(|i| (i * 2 * 64, 64))
+        .collect();
+    let fits = secondary(3).with_suspect_ranges(fits);
+    assert!(matches!(fits.suspect(), Suspect::Ranges(r) if r.len() == MAX_SUSPECT_RANGES));
 }
