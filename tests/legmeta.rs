@@ -174,7 +174,7 @@ fn after_a_clean_primary_restart_a_lagging_secondary_gets_only_what_it_missed() 
 }
 
 #[test]
-fn a_primary_that_crashed_mid_write_outdates_and_resyncs_its_peer_on_restart() {
+fn a_primary_that_crashed_mid_write_resyncs_its_hot_extents_on_restart() {
     let mut cluster = TestCluster::form("meta-crash", &["a", "b"], &["w"]);
     let a = cluster.node("a").dir.clone();
     let legs: Vec<String> = ["a", "b"]
@@ -224,10 +224,11 @@ fn a_primary_that_crashed_mid_write_outdates_and_resyncs_its_peer_on_restart() {
     });
     wait_for("leg 1 resynced", Duration::from_secs(60), || {
         let leg = sync_of(&cluster, 1);
-        (leg["state"] == "UpToDate" && leg["sync"]["mode"] == "sync").then_some(())
+        let clean = leg["sync"]["out_of_sync_bytes"] == 0;
+        (leg["state"] == "UpToDate" && leg["sync"]["link"] == "up" && clean).then_some(())
     });
     let log = cluster.node("a").log();
-    assert!(log.contains("peer leg 1 failed"), "{log}");
+    assert!(log.contains("hot extents to leg 1"), "{log}");
     let first = std::fs::read(cluster.root.join("a.leg")).expect("leg a");
     let second = std::fs::read(cluster.root.join("b.leg")).expect("leg b");
     assert!(first == second, "the legs differ after the crash resync");

@@ -80,6 +80,10 @@ pub struct VolumeInfo {
     pub epoch: u64,
     #[serde(default)]
     pub forced: Vec<ForcedPromotion>,
+    /// Legs the promotion of this epoch outdated because it took over from a gone primary
+    /// (they were UpToDate until then): the new primary tracks exactly what they miss from now.
+    #[serde(default)]
+    pub takeover_outdated: Vec<LegId>,
 }
 
 impl VolumeInfo {
@@ -261,6 +265,7 @@ pub fn new_volume(id: VolumeId, name: &str, size: u64, legs: &[LegSpec]) -> Volu
         primary: None,
         epoch: 0,
         forced: Vec::new(),
+        takeover_outdated: Vec::new(),
     }
 }
 
@@ -309,9 +314,13 @@ pub fn promote(
     }
     volume.epoch += 1;
     volume.primary = Some(node);
+    volume.takeover_outdated.clear();
     if let Some(old) = old_primary {
         for other in volume.legs.iter_mut() {
             if other.id != leg.id && other.nodes.contains(&old) {
+                if other.state == LegState::UpToDate {
+                    volume.takeover_outdated.push(other.id);
+                }
                 other.state = LegState::Outdated;
             }
         }
@@ -471,6 +480,7 @@ mod tests {
         assert_eq!((volume.primary, volume.epoch), (Some(3), 2));
         assert_eq!(volume.legs[0].state, LegState::Outdated);
         assert_eq!(volume.legs[1].state, LegState::UpToDate);
+        assert_eq!(volume.takeover_outdated, vec![0]);
         assert!(volume.forced.is_empty());
     }
 

@@ -13,8 +13,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use tandem_core::legmeta::{
-    pick_newest, superblock_probe, ActivityLog, Expectation, LayoutParams, MetaError, MetaLayout,
-    OutOfSync, Placement, Superblock, META_BLOCK,
+    pick_newest, superblock_probe, ActivityLog, AlTransaction, Expectation, LayoutParams,
+    MetaError, MetaLayout, OutOfSync, Placement, Recovered, Superblock, META_BLOCK,
 };
 use tandem_core::volume::LegId;
 use tandem_core::NodeId;
@@ -223,6 +223,30 @@ impl MetaStore {
             }
         }
         self.write_superblock(next)
+    }
+
+    /// Rebuilds the activity log from its ring: what may have been in flight at a crash.
+    pub fn read_activity_log(&self) -> Result<Recovered, MetaStoreError> {
+        let config = self.superblock.layout().al_config();
+        let ring = self.superblock.layout().al_ring();
+        let length = usize::try_from(ring.len)
+            .map_err(|_| self.io_error(std::io::Error::other("ring size")))?;
+        let mut bytes = vec![0u8; length];
+        self.file
+            .read_exact_at(&mut bytes, ring.offset)
+            .map_err(|e| self.io_error(e))?;
+        let blocks: Vec<&[u8]> = bytes.chunks(META_BLOCK).collect();
+        ActivityLog::recover(&config, &blocks).map_err(|s| self.refused(s))
+    }
+
+    /// Writes one activity-log transaction and makes it durable (before the data it covers).
+    pub fn write_transaction(&self, transaction: &AlTransaction) -> Result<(), MetaStoreError> {
+        let config = self.superblock.layout().al_config();
+        let at = config.block_offset(transaction.seq());
+        self.file
+            .write_all_at(&transaction.encode(), at)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| self.io_error(e))
     }
 
     pub fn sync(&self) -> Result<(), MetaStoreError> {

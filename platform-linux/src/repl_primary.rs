@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_core::command::{SyncStatus, VerifyReport};
-use tandem_core::legmeta::Expectation;
+use tandem_core::legmeta::{ActivityLog, AlDecision, Expectation};
 use tandem_core::replication::{LinkState, PeerMode, Primary, PrimaryAction, VerifyStatus};
 use tandem_core::volume::{LegId, LegState, VolumeChange, VolumeId};
 use tandem_core::{ClusterId, NodeId, StateChange};
@@ -57,6 +57,19 @@ pub enum ClientOp {
         len: u64,
         fua: bool,
     },
+}
+
+impl ClientOp {
+    /// The bytes the request changes, if any.
+    fn range(&self) -> Option<(u64, u64)> {
+        match self {
+            ClientOp::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+            ClientOp::Flush => None,
+            ClientOp::Trim { offset, len, .. } | ClientOp::Zeroes { offset, len, .. } => {
+                Some((*offset, *len))
+            }
+        }
+    }
 }
 
 /// What the engine task reacts to.
@@ -173,6 +186,8 @@ impl VolumeIo for EngineHandle {
 /// Everything a primary needs to run; the volume host builds it from the committed state.
 pub struct PrimarySetup {
     pub my_leg: LegId,
+    /// Legs this epoch's takeover outdated (see `VolumeInfo::takeover_outdated`).
+    pub takeover_legs: Vec<LegId>,
     pub leg_path: std::path::PathBuf,
     pub meta_path: std::path::PathBuf,
     pub size: u64,
@@ -240,6 +255,9 @@ pub async fn run_primary(
     run_engine(primary, leg, receiver, setup.context, peer_legs, keeper).await;
 }
 
+/// A client waiting for its request, with the byte range it changes (for the activity log).
+type Waiting = (std::sync::mpsc::Sender<bool>, Option<(u64, u64)>);
+
 /// The engine's state besides the core.
 struct Engine {
     primary: Primary,
@@ -247,7 +265,8 @@ struct Engine {
     context: EngineContext,
     started: Instant,
     links: HashMap<LegId, (u64, mpsc::Sender<Vec<u8>>)>,
-    waiting: HashMap<u64, std::sync::mpsc::Sender<bool>>,
+    /// Clients waiting, with the range their request covers (for the activity log).
+    waiting: HashMap<u64, Waiting>,
     next_request: u64,
     /// When the demotion began, if it did.
     stopping_since: Option<Instant>,
@@ -455,6 +474,14 @@ impl Engine {
     fn on_client(&mut self, now: u64, op: ClientOp, done: std::sync::mpsc::Sender<bool>) {
         let request = self.next_request;
         self.next_request += 1;
+        let range = op.range();
+        if let Some((offset, len)) = range {
+            if let Err(error) = self.keeper.begin_write(&mut self.primary, offset, len) {
+                tracing::warn!("volume {}: request refused: {error}", self.context.volume);
+                let _ = done.send(false);
+                return;
+            }
+        }
         let accepted = match op {
             ClientOp::Write { offset, data, fua } => {
                 self.primary.client_write(now, request, offset, data, fua)
@@ -469,10 +496,13 @@ impl Engine {
         };
         match accepted {
             Ok(()) => {
-                self.waiting.insert(request, done);
+                self.waiting.insert(request, (done, range));
             }
             Err(error) => {
                 tracing::warn!("volume {}: request refused: {error}", self.context.volume);
+                if let Some((offset, len)) = range {
+                    self.keeper.end_write(offset, len);
+                }
                 let _ = done.send(false);
             }
         }
@@ -500,7 +530,10 @@ impl Engine {
             PrimaryAction::Send { leg, bytes } => self.send(leg, bytes),
             PrimaryAction::Disk(op) => self.run_disk(op),
             PrimaryAction::Complete { req_id, ok } => {
-                if let Some(done) = self.waiting.remove(&req_id) {
+                if let Some((done, range)) = self.waiting.remove(&req_id) {
+                    if let Some((offset, len)) = range {
+                        self.keeper.end_write(offset, len);
+                    }
                     let _ = done.send(ok);
                 }
             }
@@ -614,38 +647,48 @@ fn prepare(
         );
     }
     let peers: Vec<(LegId, NodeId)> = setup.peers.iter().map(|p| (p.leg, p.node)).collect();
+    if store.superblock().last_epoch < primary.epoch() {
+        // The first run of a takeover epoch: the outdated legs had everything until now.
+        for &leg in &setup.takeover_legs {
+            primary.track_from_now(leg).map_err(|e| e.to_string())?;
+        }
+    }
     let keeper = BitmapKeeper::open(store, &peers, &mut primary, &setup.name)?;
     Ok((leg, primary, keeper))
 }
 
-/// After a crash as primary, the local leg may hold writes no peer got (in flight at the
-/// crash). Peers the state calls UpToDate are outdated (acknowledgements wait for that commit)
-/// and marked all dirty, so they are resynced from this leg and the legs converge.
-fn distrust_peers(
+/// After a crash as primary, the local leg may hold writes no peer got, but only inside the
+/// activity log's hot extents. Those ranges are resynced to every UpToDate peer from this leg
+/// (the peer stays UpToDate: it has every acknowledged write); peers that were behind get a
+/// full resync, since their bitmaps on disk are not trusted after a crash.
+fn resync_hot_extents(
     primary: &mut Primary,
-    store: &MetaStore,
     peers: &[(LegId, NodeId)],
+    hot: &[(u64, u64)],
+    name: &str,
 ) -> Result<(), String> {
+    let hot_bytes: u64 = hot.iter().map(|&(_, len)| len).sum();
     for &(leg, _) in peers {
         let up_to_date = primary
             .peer_status(leg)
             .is_some_and(|peer| peer.committed == LegState::UpToDate);
-        if up_to_date {
-            primary.peer_lost(leg).map_err(|e| e.to_string())?;
-            let mut everything = store.superblock().layout().new_bitmap();
-            everything.mark_all();
+        if up_to_date && !hot.is_empty() {
+            tracing::warn!(
+                "volume {name}: resyncing {hot_bytes} bytes of hot extents to leg {leg}"
+            );
             primary
-                .set_peer_bitmap(leg, everything)
+                .mark_out_of_sync(leg, hot)
                 .map_err(|e| e.to_string())?;
         }
     }
     Ok(())
 }
 
-/// Keeps the primary's per-peer bitmaps in the leg's metadata file.
+/// Keeps the primary's metadata: the activity log and the per-peer bitmaps.
 struct BitmapKeeper {
     store: MetaStore,
     slots: Vec<(LegId, u16)>,
+    activity: ActivityLog,
 }
 
 impl BitmapKeeper {
@@ -659,10 +702,12 @@ impl BitmapKeeper {
         name: &str,
     ) -> Result<BitmapKeeper, String> {
         let crashed = store.superblock().primary_open;
+        let recovered = store.read_activity_log().map_err(|e| e.to_string())?;
         if crashed {
-            tracing::warn!("volume {name}: the last primary run here did not stop cleanly; every peer gets a full resync");
-            distrust_peers(primary, &store, peers)?;
+            tracing::warn!("volume {name}: the last primary run here did not stop cleanly");
+            resync_hot_extents(primary, peers, &recovered.resync_ranges(), name)?;
         }
+        let activity = ActivityLog::resume(&recovered);
         let mut slots = Vec::new();
         for &(leg, node) in peers {
             let Some(slot) = store.slot_for(leg, node).map_err(|e| e.to_string())? else {
@@ -670,7 +715,9 @@ impl BitmapKeeper {
                 continue;
             };
             slots.push((leg, slot));
-            let loaded = if crashed {
+            // Bitmaps are trusted only from a clean stop as primary in this very epoch.
+            let same_epoch = store.superblock().last_epoch == primary.epoch();
+            let loaded = if crashed || !same_epoch {
                 None
             } else {
                 store.load_bitmap(slot).map_err(|e| e.to_string())?
@@ -695,9 +742,44 @@ impl BitmapKeeper {
         store
             .set_primary_open(true, primary.epoch())
             .map_err(|e| e.to_string())?;
-        let mut keeper = BitmapKeeper { store, slots };
+        let mut keeper = BitmapKeeper {
+            store,
+            slots,
+            activity,
+        };
         keeper.write_all(primary);
         Ok(keeper)
+    }
+
+    /// Before a write: its extents must be hot in the persisted activity log (rule 1 of
+    /// `legmeta`); a cold extent costs one transaction write and flush first, after the
+    /// bitmap pages that changed (rule 2: an evicted extent's bits must already be on disk).
+    fn begin_write(&mut self, primary: &mut Primary, offset: u64, len: u64) -> Result<(), String> {
+        match self
+            .activity
+            .begin_write(offset, len)
+            .map_err(|e| e.to_string())?
+        {
+            AlDecision::Proceed | AlDecision::AfterPersist { .. } => Ok(()),
+            AlDecision::PersistFirst(transaction) => {
+                self.write_changed(primary);
+                let stored =
+                    tokio::task::block_in_place(|| self.store.write_transaction(&transaction));
+                stored.map_err(|e| e.to_string())?;
+                self.activity
+                    .transaction_persisted(transaction.seq())
+                    .map_err(|e| e.to_string())
+            }
+            AlDecision::Wait => {
+                Err("every activity-log slot holds writes in flight; retry".to_string())
+            }
+        }
+    }
+
+    fn end_write(&mut self, offset: u64, len: u64) {
+        if let Err(error) = self.activity.end_write(offset, len) {
+            tracing::error!("activity log: {error}");
+        }
     }
 
     /// Writes the pages that changed since the last call (lazily; a crash distrusts them).

@@ -9,10 +9,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tandem_core::legmeta::Expectation;
-use tandem_core::replication::{wire, Ident, Secondary, SecondaryAction};
+use tandem_core::replication::{wire, Ident, Message, Secondary, SecondaryAction, Suspect};
 use tandem_core::volume::LegId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Mutex};
@@ -47,9 +47,11 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
         volume: spec.ident.volume,
         leg: spec.leg,
     };
-    if let Err(error) = MetaStore::open(&spec.meta_path, expect, spec.size) {
-        return tracing::error!("replication from {} refused: {error}", spec.peer);
-    }
+    let store = match MetaStore::open(&spec.meta_path, expect, spec.size) {
+        Ok(store) => store,
+        Err(error) => return tracing::error!("replication from {} refused: {error}", spec.peer),
+    };
+    let suspect = suspect_ranges(&store);
     let leg = match Leg::open(&spec.leg_path, spec.size) {
         Ok(leg) => leg,
         Err(error) => {
@@ -64,7 +66,11 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
     );
     let started = Instant::now();
     let mut epoch = spec.epoch.clone();
-    let mut secondary = Secondary::new(spec.ident, spec.leg, spec.size, *epoch.borrow());
+    let secondary = Secondary::new(spec.ident, spec.leg, spec.size, *epoch.borrow());
+    let mut secondary = match suspect {
+        Suspect::Ranges(ranges) => secondary.with_suspect_ranges(ranges),
+        other => secondary.with_suspect(other),
+    };
     let (reader, mut writer) = tokio::io::split(stream);
     let (frames_tx, mut frames) = mpsc::channel(READ_AHEAD);
     let reader_task = tokio::spawn(read_frames(reader, frames_tx, spec.peer.clone()));
@@ -72,6 +78,7 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
         tokio::select! {
             frame = frames.recv() => match frame {
                 Some(bytes) => {
+                    catch_up_epoch(&bytes, &mut epoch, &mut secondary).await;
                     let now = started.elapsed().as_millis() as u64;
                     if let Err(error) = secondary.on_message(now, &bytes) {
                         tracing::warn!("replication from {}: {error}", spec.peer);
@@ -100,6 +107,41 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
         spec.ident.volume,
         spec.peer
     );
+}
+
+/// How long a Hello from a newer epoch waits for this node to apply that epoch.
+const EPOCH_CATCH_UP: Duration = Duration::from_secs(3);
+
+/// A new primary dials as soon as its promotion is applied on its own node; this node may
+/// apply the same commit a moment later. Rather than refuse the Hello (which would cost the
+/// primary a reconnect, or outdate this leg), wait briefly for the committed epoch to arrive.
+async fn catch_up_epoch(bytes: &[u8], epoch: &mut watch::Receiver<u64>, secondary: &mut Secondary) {
+    let Ok(Message::Hello { epoch: wanted, .. }) = wire::decode(bytes) else {
+        return;
+    };
+    let waited = epoch.wait_for(|current| *current >= wanted);
+    let reached = match tokio::time::timeout(EPOCH_CATCH_UP, waited).await {
+        Ok(Ok(current)) => Some(*current),
+        _ => None,
+    };
+    if let Some(current) = reached {
+        secondary.set_epoch(current);
+    }
+}
+
+/// What this leg may hold that no other leg has: if this node crashed while primary, the
+/// activity log's hot extents (sent in the HelloAck, so the new primary resyncs them too).
+fn suspect_ranges(store: &MetaStore) -> Suspect {
+    if !store.superblock().primary_open {
+        return Suspect::none();
+    }
+    match store.read_activity_log() {
+        Ok(recovered) => Suspect::Ranges(recovered.resync_ranges()),
+        Err(error) => {
+            tracing::warn!("{error}; the whole leg is suspect");
+            Suspect::Everything
+        }
+    }
 }
 
 /// Carries out the core's actions; `false` when the link must close.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tandem_core::command::VolumeStatus;
+use tandem_core::legmeta::Expectation;
 use tandem_core::replication::{Ident, PeerLeg, Primary};
 use tandem_core::volume::{LegId, LegState, VolumeId, VolumeInfo};
 use tandem_core::{ClusterId, ClusterState, NodeId, StateChange};
@@ -65,6 +66,8 @@ pub struct VolumeHost {
     leg_locks: BTreeMap<VolumeId, Arc<Mutex<()>>>,
     /// Demoted primaries still draining (they hold their leg lock until done).
     draining: Vec<JoinHandle<()>>,
+    /// (volume, epoch) whose crash mark on this node's leg was checked since it is UpToDate.
+    marks_checked: std::collections::BTreeSet<(VolumeId, u64)>,
 }
 
 impl Drop for VolumeHost {
@@ -84,6 +87,7 @@ impl VolumeHost {
             epochs: BTreeMap::new(),
             leg_locks: BTreeMap::new(),
             draining: Vec::new(),
+            marks_checked: Default::default(),
         }
     }
 
@@ -98,6 +102,7 @@ impl VolumeHost {
 
     /// Starts, stops and informs primaries and secondaries to match `state`.
     pub fn reconcile(&mut self, state: &ClusterState) {
+        self.clear_crash_marks(state);
         let me = self.context.me;
         for volume in state.volumes.values() {
             if volume.leg_of(me).is_some() {
@@ -206,6 +211,7 @@ impl VolumeHost {
         };
         let setup = PrimarySetup {
             my_leg: my_leg.id,
+            takeover_legs: volume.takeover_outdated.clone(),
             leg_path: PathBuf::from(&my_leg.path),
             meta_path: MetaStore::path_for(&self.context.state_dir, volume.id, my_leg.id),
             size: volume.size,
@@ -231,6 +237,49 @@ impl VolumeHost {
             reported,
             board,
         })
+    }
+
+    /// A leg this node wrote as primary before a crash keeps `primary_open` (so its hot extents
+    /// are reported as suspect) until the cluster commits it UpToDate again under another
+    /// primary: then the resync is done and the mark is cleared.
+    fn clear_crash_marks(&mut self, state: &ClusterState) {
+        let me = self.context.me;
+        for volume in state
+            .volumes
+            .values()
+            .filter(|v| v.primary.is_some_and(|p| p != me))
+        {
+            let Some(leg) = volume
+                .leg_of(me)
+                .filter(|leg| leg.state == LegState::UpToDate)
+            else {
+                continue;
+            };
+            if !self.marks_checked.insert((volume.id, volume.epoch)) {
+                continue;
+            }
+            let path = MetaStore::path_for(&self.context.state_dir, volume.id, leg.id);
+            let expect = Expectation {
+                cluster: self.context.cluster,
+                volume: volume.id,
+                leg: leg.id,
+            };
+            let cleared = tokio::task::block_in_place(|| {
+                let mut store = MetaStore::open(&path, expect, volume.size)?;
+                if store.superblock().primary_open {
+                    store.set_primary_open(false, volume.epoch)?;
+                    tracing::info!(
+                        "volume {}: leg {} resynced after this node's crash as primary",
+                        volume.name,
+                        leg.id
+                    );
+                }
+                Ok::<(), crate::meta_store::MetaStoreError>(())
+            });
+            if let Err(error) = cleared {
+                tracing::warn!("{error}");
+            }
+        }
     }
 
     /// A clean stop of the daemon: every primary drains (in-flight requests complete on every
