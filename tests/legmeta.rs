@@ -98,15 +98,10 @@ fn corrupt_or_foreign_leg_metadata_is_refused_and_the_leg_is_untouched() {
     assert_eq!(crc(&leg), before, "the leg was touched");
 }
 
-fn sync_of(cluster: &TestCluster, leg: usize) -> Value {
-    let output = cli(&cluster.node("a").dir, &["volume", "show", "db", "--json"]);
-    let reply: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-    reply["volumes"][0]["legs"][leg].clone()
-}
-
-#[test]
-fn after_a_clean_primary_restart_a_lagging_secondary_gets_only_what_it_missed() {
-    let mut cluster = TestCluster::form("meta-clean", &["a", "b"], &["w"]);
+/// Two data nodes and a witness; volume `db` (16 MiB, legs `a.leg`, `b.leg`) primary on a and
+/// in sync.
+fn mirrored(label: &str) -> TestCluster {
+    let cluster = TestCluster::form(label, &["a", "b"], &["w"]);
     let a = cluster.node("a").dir.clone();
     let legs: Vec<String> = ["a", "b"]
         .iter()
@@ -122,6 +117,19 @@ fn after_a_clean_primary_restart_a_lagging_secondary_gets_only_what_it_missed() 
     wait_for("leg 1 UpToDate", Duration::from_secs(60), || {
         (sync_of(&cluster, 1)["state"] == "UpToDate").then_some(())
     });
+    cluster
+}
+
+fn sync_of(cluster: &TestCluster, leg: usize) -> Value {
+    let output = cli(&cluster.node("a").dir, &["volume", "show", "db", "--json"]);
+    let reply: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    reply["volumes"][0]["legs"][leg].clone()
+}
+
+#[test]
+fn after_a_clean_primary_restart_a_lagging_secondary_gets_only_what_it_missed() {
+    let mut cluster = mirrored("meta-clean");
+    let a = cluster.node("a").dir.clone();
 
     // Fill the whole volume first, so a full resync would send all 16 MiB, not just data
     // around holes.
@@ -175,22 +183,8 @@ fn after_a_clean_primary_restart_a_lagging_secondary_gets_only_what_it_missed() 
 
 #[test]
 fn a_primary_that_crashed_mid_write_resyncs_its_hot_extents_on_restart() {
-    let mut cluster = TestCluster::form("meta-crash", &["a", "b"], &["w"]);
+    let mut cluster = mirrored("meta-crash");
     let a = cluster.node("a").dir.clone();
-    let legs: Vec<String> = ["a", "b"]
-        .iter()
-        .map(|n| format!("{n}:{}", cluster.root.join(format!("{n}.leg")).display()))
-        .collect();
-    ok(cli(
-        &a,
-        &[
-            "volume", "create", "db", "--size", "16M", "--leg", &legs[0], "--leg", &legs[1],
-        ],
-    ));
-    ok(cli(&a, &["volume", "promote", "db", "--node", "a"]));
-    wait_for("leg 1 UpToDate", Duration::from_secs(60), || {
-        (sync_of(&cluster, 1)["state"] == "UpToDate").then_some(())
-    });
     let socket = a.join("nbd-db.sock");
     let writer = std::thread::spawn(move || {
         let Ok(mut client) = tandem_tests::nbd_client::NbdClient::connect(&socket, "db") else {
