@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::group::{self, Group, GroupChange, GroupError};
 use crate::ids::{ClusterId, NodeId};
 use crate::volume::{self, VolumeChange, VolumeError, VolumeId, VolumeInfo};
 
@@ -99,6 +100,9 @@ pub struct ClusterState {
     /// Volume ids are never reused either.
     #[serde(default = "first_volume_id")]
     pub next_volume_id: VolumeId,
+    /// Resource groups by name: the operator's spec and the committed runtime facts.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Group>,
 }
 
 fn first_volume_id() -> VolumeId {
@@ -127,6 +131,8 @@ pub enum StateChange {
     },
     /// Create, delete, promote, demote a volume, or change a leg's state.
     Volume(VolumeChange),
+    /// Create, delete, enable, disable, move or clear a group; record a failure; place it.
+    Group(GroupChange),
 }
 
 /// A committed change that the state refused; every node refuses it identically.
@@ -148,6 +154,8 @@ pub enum ApplyError {
     PrimaryOfVolume { node: NodeId, volume: String },
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
 }
 
 /// A snapshot payload that cannot be loaded.
@@ -180,6 +188,7 @@ impl ClusterState {
             join_tokens: Vec::new(),
             volumes: BTreeMap::new(),
             next_volume_id: first_volume_id(),
+            groups: BTreeMap::new(),
         }
     }
 
@@ -274,6 +283,7 @@ impl ClusterState {
                 ))
             }
             StateChange::Volume(change) => self.apply_volume(change),
+            StateChange::Group(change) => Ok(group::apply(self, change)?),
         }
     }
 
@@ -311,6 +321,18 @@ impl ClusterState {
                     return Err(VolumeError::InUse { volume, node }.into());
                 }
                 let name = info.name.clone();
+                if let Some(user) = self
+                    .groups
+                    .values()
+                    .find(|g| g.spec.volumes().contains(&&*name))
+                {
+                    let group = user.spec.name.clone();
+                    return Err(GroupError::VolumeInUse {
+                        volume: name,
+                        group,
+                    }
+                    .into());
+                }
                 self.volumes.remove(volume);
                 Ok(format!(
                     "volume {name} deleted (leg contents left in place)"
