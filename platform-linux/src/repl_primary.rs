@@ -911,7 +911,11 @@ async fn carry_link(
         tokio::select! {
             bytes = outgoing.recv() => match bytes {
                 Some(bytes) => {
-                    if writer.write_all(&bytes).await.is_err() {
+                    // TLS may keep the tail of a record buffered until flushed: flush whenever
+                    // the queue runs dry, or the last frame of a burst can sit unsent.
+                    let idle = outgoing.is_empty();
+                    let sent = writer.write_all(&bytes).await.is_ok();
+                    if !sent || (idle && writer.flush().await.is_err()) {
                         break;
                     }
                 }

@@ -154,7 +154,8 @@ async fn drain(
     for _ in 0..MAX_DRAIN_ROUNDS {
         let actions = secondary.take_actions();
         if actions.is_empty() {
-            return true;
+            // TLS may keep the tail of a record buffered until flushed.
+            return writer.flush().await.is_ok();
         }
         for action in actions {
             match action {

@@ -215,6 +215,7 @@ pub async fn open_replication(
         .write_all(&codec::encode(cluster, &frame))
         .await
         .map_err(|error| error.to_string())?;
+    stream.flush().await.map_err(|error| error.to_string())?;
     Ok(Box::new(stream))
 }
 
@@ -361,7 +362,10 @@ async fn run_link(
                 last_error.clear();
                 backoff = Duration::from_millis(50);
                 while let Some(bytes) = queue.recv().await {
-                    if stream.write_all(&bytes).await.is_err() {
+                    // TLS may keep the tail of a record buffered until flushed.
+                    let idle = queue.is_empty();
+                    let sent = stream.write_all(&bytes).await.is_ok();
+                    if !sent || (idle && stream.flush().await.is_err()) {
                         break;
                     }
                 }
