@@ -4,7 +4,8 @@
 //! with replication the primary's engine that mirrors each write to the other legs before it
 //! acknowledges. Semantics are DESIGN.md §5's volatile-cache disk: `write` is acknowledged
 //! when accepted, `flush` makes everything acknowledged before it durable, `fua` makes that
-//! one write durable before it returns. Calls block; async callers use `block_in_place`.
+//! one write durable before it returns. Calls block; async callers run them on the blocking
+//! pool (`spawn_blocking`) or under `block_in_place`.
 
 use std::io;
 
