@@ -150,8 +150,10 @@ async fn script(guard: &mut DemoGuard) -> anyhow::Result<()> {
         guard.start_daemon(name)?;
         println!("-- {name} joined with a one-hour token and started");
     }
+    // Show the cluster settled: every node online and holding its quorum-confirmed lease.
     let status = wait_for(&first, Duration::from_secs(30), |s| {
-        s.voters_online == 3 && s.quorum
+        let leased = s.nodes.iter().all(|node| node.lease_remaining_ms > 0);
+        s.voters_online == 3 && s.quorum && leased
     })
     .await?;
     println!(
@@ -190,6 +192,19 @@ async fn script(guard: &mut DemoGuard) -> anyhow::Result<()> {
     .unwrap_or(after);
     println!(
         "-- {leader} shown offline {} ms after the kill",
+        killed.elapsed().as_millis()
+    );
+    // A new leader grants no lease until the old leader's lease has surely run out.
+    let after = wait_for(&dir, Duration::from_secs(20), |s| {
+        s.nodes
+            .iter()
+            .filter(|n| n.online)
+            .all(|n| n.lease_remaining_ms > 0)
+    })
+    .await
+    .unwrap_or(after);
+    println!(
+        "-- leases held again {} ms after the kill (a new leader first waits out the old one's lease)",
         killed.elapsed().as_millis()
     );
     println!(
