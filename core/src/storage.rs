@@ -19,6 +19,23 @@ pub struct DurableState {
     pub entries: Vec<Entry>,
 }
 
+/// Replaces every entry with an index >= the first of `new`, then appends `new`: how Raft
+/// overwrites an uncommitted suffix. One definition for the core's log, the daemon's durable
+/// log and the simulator's fake disk, so all three agree on what a write leaves behind.
+pub fn splice(entries: &mut Vec<Entry>, new: &[Entry]) {
+    let (Some(first_new), Some(first_old)) = (new.first(), entries.first()) else {
+        entries.extend_from_slice(new);
+        return;
+    };
+    if first_new.index <= first_old.index {
+        entries.clear();
+    } else {
+        let keep = (first_new.index - first_old.index) as usize;
+        entries.truncate(keep);
+    }
+    entries.extend_from_slice(new);
+}
+
 /// The in-memory log plus the snapshot served to lagging followers.
 pub struct LogStore {
     hard_state: HardState,
@@ -69,10 +86,7 @@ impl LogStore {
 
     /// Appends entries, replacing any suffix they overlap (Raft may overwrite uncommitted ones).
     pub fn append(&mut self, new: &[Entry]) {
-        let Some(first) = new.first() else { return };
-        let keep = first.index.saturating_sub(self.snapshot_index() + 1) as usize;
-        self.entries.truncate(keep.min(self.entries.len()));
-        self.entries.extend_from_slice(new);
+        splice(&mut self.entries, new);
     }
 
     /// Installs a snapshot received from the leader: the log restarts after it.
@@ -173,6 +187,35 @@ impl Storage for LogStore {
             ));
         }
         Ok(self.serving.clone())
+    }
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut entry = Entry::default();
+        entry.index = index;
+        entry.term = term;
+        entry
+    }
+
+    fn ids(entries: &[Entry]) -> Vec<(u64, u64)> {
+        entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn splice_appends_overwrites_a_suffix_or_replaces_everything() {
+        let mut log = vec![entry(5, 1), entry(6, 1), entry(7, 1)];
+        splice(&mut log, &[entry(8, 1)]);
+        assert_eq!(ids(&log), [(5, 1), (6, 1), (7, 1), (8, 1)]);
+        splice(&mut log, &[entry(7, 2)]);
+        assert_eq!(ids(&log), [(5, 1), (6, 1), (7, 2)]);
+        splice(&mut log, &[entry(3, 3)]);
+        assert_eq!(ids(&log), [(3, 3)]);
+        splice(&mut log, &[]);
+        assert_eq!(ids(&log), [(3, 3)]);
     }
 }
 

@@ -23,6 +23,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use tandem_core::storage::splice;
 
 use protobuf::Message;
 use raft::eraftpb::{Entry, HardState, Snapshot};
@@ -360,21 +361,6 @@ fn covering(mut hard_state: HardState, snapshot: Option<(u64, u64)>) -> HardStat
         hard_state.term = hard_state.term.max(term);
     }
     hard_state
-}
-
-/// Replaces every entry with an index >= the first of `new`, then appends `new`.
-fn splice(entries: &mut Vec<Entry>, new: &[Entry]) {
-    let (Some(first_new), Some(first_old)) = (new.first(), entries.first()) else {
-        entries.extend_from_slice(new);
-        return;
-    };
-    if first_new.index <= first_old.index {
-        entries.clear();
-    } else {
-        let keep = (first_new.index - first_old.index) as usize;
-        entries.truncate(keep);
-    }
-    entries.extend_from_slice(new);
 }
 
 /// Replays log records into (hard state, entries). Entries at or below the snapshot index

@@ -12,6 +12,7 @@
 //! power loss keeps none of them.
 
 use std::collections::VecDeque;
+use tandem_core::storage::splice;
 
 use raft::eraftpb::{Entry, HardState, Snapshot};
 use tandem_core::DurableState;
@@ -264,21 +265,6 @@ impl Disk {
         self.image.snapshot = Some(snapshot);
         Ok(())
     }
-}
-
-/// Replaces every entry with an index >= the first of `new`, then appends `new`.
-fn splice(entries: &mut Vec<Entry>, new: &[Entry]) {
-    let (Some(first_new), Some(first_old)) = (new.first(), entries.first()) else {
-        entries.extend_from_slice(new);
-        return;
-    };
-    if first_new.index <= first_old.index {
-        entries.clear();
-    } else {
-        let keep = (first_new.index - first_old.index) as usize;
-        entries.truncate(keep);
-    }
-    entries.extend_from_slice(new);
 }
 
 #[cfg(test)]
