@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tandem_tests::{cli, require_root_and_fuse, run_ok, text, wait_for, Devices, TestCluster};
+use tandem_tests::{
+    cli, random_bytes, require_root_and_fuse, run_ok, text, wait_for, Devices, TestCluster,
+};
 
 fn image(cluster: &TestCluster, node: &str) -> PathBuf {
     cluster.node(node).dir.join("images/db/db.img")
@@ -15,15 +17,7 @@ fn image(cluster: &TestCluster, node: &str) -> PathBuf {
 fn files() -> Vec<(String, Vec<u8>)> {
     (0..5u64)
         .map(|index| {
-            let mut state = 0x9E37_79B9_7F4A_7C15 ^ index;
-            let bytes = (0..(index as usize * 700_000 + 1))
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+            let bytes = random_bytes(index as usize * 700_000 + 1, index);
             (format!("file-{index}.bin"), bytes)
         })
         .collect()

@@ -97,15 +97,7 @@ impl Drop for Guard {
 
 /// Deterministic, incompressible bytes for `seed`.
 fn pattern(seed: u64, length: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..length)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
+    tandem_tests::random_bytes(length, seed)
 }
 
 fn timed<T>(what: &str, step: impl FnOnce() -> T) -> T {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tandem_tests::{cli, text, wait_for, TestCluster};
+use tandem_tests::{cli, random_bytes, text, wait_for, TestCluster};
 
 const SIZE: usize = 16 << 20;
 
@@ -55,17 +55,6 @@ fn wait_leg_state(cluster: &TestCluster, via: &str, leg: usize, state: &str) {
         Duration::from_secs(60),
         || (volume(cluster, via)?["legs"][leg]["state"] == state).then_some(()),
     );
-}
-
-fn random_bytes(len: usize, mut state: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 fn nbdcopy(from: &str, to: &str) {

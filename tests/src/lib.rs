@@ -330,6 +330,20 @@ impl Drop for TestCluster {
     }
 }
 
+/// Deterministic, incompressible bytes (xorshift64 from `seed`), for data tests write and
+/// compare.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
 /// Runs a program, panicking with a clear message when it is missing.
 pub fn run_program(program: &str, args: &[&str]) -> Output {
     Command::new(program)
