@@ -198,3 +198,68 @@ fn demoting_stops_the_frontend() {
         (!socket.exists()).then_some(())
     });
 }
+
+#[test]
+fn a_full_leg_answers_writes_with_an_error_names_the_leg_and_recovers_when_space_returns() {
+    tandem_tests::require_root_and_fuse("tests/nbd.rs (full leg)");
+    let cluster = TestCluster::form("nbdfull", &["a"], &[]);
+    let mut devices = tandem_tests::Devices::default();
+    let small = cluster.root.join("small");
+    std::fs::create_dir_all(&small).expect("mount point");
+    let small_text = small.to_str().expect("utf-8 path").to_string();
+    tandem_tests::run_ok(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=4m", "tmpfs", &small_text],
+    );
+    devices.adopt_mount(&small);
+    let dir = cluster.node("a").dir.clone();
+    let leg_path = small.join("leg.img");
+    let leg = format!("a:{}", leg_path.display());
+    let output = cli(
+        &dir,
+        &["volume", "create", "db", "--size", "16M", "--leg", &leg],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let output = cli(&dir, &["volume", "promote", "db", "--node", "a"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let socket = dir.join("nbd-db.sock");
+    wait_for("the NBD socket", Duration::from_secs(10), || {
+        socket.exists().then_some(())
+    });
+
+    // 8 MiB into a leg on a 4 MiB file system: the client gets an error, not a silent ack.
+    let uri = uri(&socket);
+    let source = cluster.root.join("eight.bin");
+    std::fs::write(&source, tandem_tests::random_bytes(8 << 20, 8)).expect("source");
+    let output = run("nbdcopy", &[source.to_str().expect("utf-8"), &uri]);
+    assert!(
+        !output.status.success(),
+        "a write to a full leg was acknowledged"
+    );
+    wait_for("the leg named in the log", Duration::from_secs(10), || {
+        let log = cluster.node("a").log();
+        (log.contains(&leg_path.display().to_string()) && log.contains("No space left"))
+            .then_some(())
+    });
+
+    // The daemon keeps serving; a discard punches holes into the leg, and with the space
+    // back, writes succeed again.
+    let output = run("qemu-io", &["-f", "raw", &uri, "-c", "discard 0 16M"]);
+    assert_ok("qemu-io discard", &output);
+    let output = run("nbdinfo", &["--size", &uri]);
+    assert_ok("nbdinfo after the full disk", &output);
+    let output = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &uri,
+            "-c",
+            "write -P 0x42 0 64k",
+            "-c",
+            "read -P 0x42 0 64k",
+        ],
+    );
+    assert_ok("qemu-io after space returned", &output);
+    assert!(!text(&output).contains("failed"), "{}", text(&output));
+}
