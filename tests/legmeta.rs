@@ -101,6 +101,8 @@ fn mirrored(label: &str) -> TestCluster {
     wait_for("leg 1 UpToDate", Duration::from_secs(60), || {
         (sync_of(&cluster, 1)["state"] == "UpToDate").then_some(())
     });
+    // Writes wait for the primary's node lease (DESIGN.md §5 rule 2); start with one.
+    cluster.node("a").wait_lease();
     cluster
 }
 

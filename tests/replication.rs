@@ -28,6 +28,8 @@ fn mirrored(label: &str) -> TestCluster {
     let output = cli(&a, &["volume", "promote", "db", "--node", "a"]);
     assert!(output.status.success(), "{}", text(&output));
     wait_leg_state(&cluster, "a", 1, "UpToDate");
+    // Writes wait for the primary's node lease (DESIGN.md §5 rule 2); start with one.
+    cluster.node("a").wait_lease();
     cluster
 }
 
@@ -295,6 +297,8 @@ fn no_acknowledged_write_is_lost_across_20_kill_points_of_the_primary() {
                 .success()
                 .then_some(())
         });
+        // The next round writes there at once: it must hold its lease first.
+        cluster.node(standby).wait_lease();
         let image = read_through(&cluster, standby, &format!("round-{round}.bin"));
         for (&block, &written) in &expected {
             let at = (block * 4096) as usize;

@@ -4,8 +4,14 @@
 //! the [`Reply`]. None of them has logic of its own: what a command means is decided by
 //! `NodeCore::plan_command` (in `node.rs`), so every front end behaves the same.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
+use crate::apply::{ClusterFile, GroupDef, PlannedStep};
+use crate::events::Recorded;
+use crate::group::{Failback, ResourceSpec};
 use crate::ids::{ClusterId, NodeId};
 use crate::state::{Admin, Role};
 
@@ -58,6 +64,55 @@ pub enum Command {
     VolumeDelete {
         name: String,
     },
+    /// A new resource group; node names are resolved and the group is checked against the
+    /// cluster (its volumes and preferred nodes must exist) before it is proposed.
+    GroupCreate {
+        group: GroupDef,
+    },
+    /// Replaces a group's definition, keeping its placement, failures, quarantines and pin
+    /// (`tandem apply`). Its volumes cannot change while it is placed.
+    GroupUpdate {
+        group: GroupDef,
+    },
+    GroupList,
+    GroupShow {
+        name: String,
+    },
+    /// Pin the group to `node` until `GroupClear`.
+    GroupMove {
+        name: String,
+        node: String,
+    },
+    /// Drop the group's pin, failure history and quarantines.
+    GroupClear {
+        name: String,
+    },
+    GroupEnable {
+        name: String,
+    },
+    /// The group is stopped and placed nowhere.
+    GroupDisable {
+        name: String,
+    },
+    /// Forget a group that is placed nowhere (disable it and let it stop first).
+    GroupDelete {
+        name: String,
+    },
+    /// Why the group runs where it runs: the scheduler's reasoning, node by node.
+    Explain {
+        group: String,
+    },
+    /// The ordered steps that would make the cluster match `file` (`tandem apply`); changes
+    /// nothing. `prune` also deletes what the file does not declare.
+    ApplyPlan {
+        file: ClusterFile,
+        prune: bool,
+    },
+    /// The failover timeline: events numbered `since` and later, at most `limit` (newest).
+    Events {
+        since: u64,
+        limit: usize,
+    },
 }
 
 /// A leg as typed by the operator: `n1,n2:/dev/mapper/arrayX`.
@@ -86,6 +141,13 @@ impl std::str::FromStr for LegRequest {
             nodes,
             path: path.to_string(),
         })
+    }
+}
+
+impl fmt::Display for LegRequest {
+    /// `n1,n2:/dev/mapper/x`, the form it is typed in.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.nodes.join(","), self.path)
     }
 }
 
@@ -138,6 +200,23 @@ pub enum Reply {
     Volumes {
         volumes: Vec<VolumeStatus>,
     },
+    Groups {
+        groups: Vec<GroupReport>,
+    },
+    /// Boxed: the largest reply, kept out of every other one's size.
+    Explain(Box<ExplainReport>),
+    /// What `tandem apply` would do, in order; `notes` are what it leaves alone and why.
+    ApplyPlan {
+        steps: Vec<PlannedStep>,
+        notes: Vec<String>,
+    },
+    /// Timeline events in time order; ask again with `since: next_seq` for newer ones.
+    Events {
+        events: Vec<Recorded>,
+        next_seq: u64,
+        /// (id, name) of every node, to show names (a list: JSON map keys are strings).
+        names: Vec<(NodeId, String)>,
+    },
     /// The command was refused or failed; the message says why (CLI exit code 1).
     Refused {
         message: String,
@@ -159,6 +238,9 @@ pub struct StatusReport {
     pub commit_index: u64,
     pub applied_index: u64,
     pub nodes: Vec<NodeStatus>,
+    /// The newest timeline events.
+    #[serde(default)]
+    pub recent_events: Vec<Recorded>,
 }
 
 /// One node's line in a status table.
@@ -242,6 +324,77 @@ pub struct VerifyReport {
     pub aborted: Option<String>,
 }
 
+/// One group as `tandem group list|show` shows it: the spec with node names, and the
+/// committed facts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupReport {
+    pub name: String,
+    pub enabled: bool,
+    /// Where it is placed (runs, or is being started or stopped).
+    pub node: Option<String>,
+    /// Raised by every committed placement.
+    pub epoch: u64,
+    /// Set by `tandem group move`, until `tandem group clear`.
+    pub pinned: Option<String>,
+    pub preferred: Vec<String>,
+    pub failback: Failback,
+    pub stickiness: u32,
+    pub max_restarts: u32,
+    pub restart_window_secs: u64,
+    pub quarantine_secs: u64,
+    pub resources: Vec<ResourceReport>,
+    /// Failure times (unix seconds) per node name, within the restart window.
+    pub failures: BTreeMap<String, Vec<u64>>,
+    /// Quarantines still running.
+    pub quarantines: Vec<QuarantineReport>,
+}
+
+/// One resource of a group, with its effective monitor settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceReport {
+    /// Its short identity (`volume db`, `exec sleep`), as errors and explanations name it.
+    pub what: String,
+    pub monitor_interval_ms: u64,
+    pub monitor_timeout_ms: u64,
+    pub spec: ResourceSpec,
+}
+
+/// A node barred for a group after repeated failures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineReport {
+    pub node: String,
+    pub until_unix: u64,
+    pub left_secs: u64,
+}
+
+/// `tandem explain GROUP`: the scheduler's reasoning as the answering node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainReport {
+    /// Whose reasoning this is: the leader's decision, or this node's own view and who leads.
+    pub view: String,
+    /// Whether this is the leader's decision (the leader holding its lease).
+    pub decided_by_leader: bool,
+    pub group: String,
+    /// The rule that decided, in one sentence.
+    pub summary: String,
+    pub current: Option<String>,
+    pub place_on: Option<String>,
+    pub nodes: Vec<VerdictReport>,
+    /// The explanation as text, one line per node.
+    pub text: String,
+}
+
+/// One node's verdict for a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictReport {
+    pub node: String,
+    pub eligible: bool,
+    /// `eligible (load 1; preferred #1)`, or why not.
+    pub verdict: String,
+    pub current: bool,
+    pub chosen: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +406,14 @@ mod tests {
         assert_eq!(text, r#"{"command":"node-standby","name":"b"}"#);
         assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), command);
         assert!(serde_json::from_str::<Command>(r#"{"command":"format-disk"}"#).is_err());
+        let command = Command::GroupMove {
+            name: "web".into(),
+            node: "b".into(),
+        };
+        let text = serde_json::to_string(&command).unwrap();
+        assert_eq!(text, r#"{"command":"group-move","name":"web","node":"b"}"#);
+        let leg: LegRequest = "a,b:/dev/x".parse().unwrap();
+        assert_eq!(leg.to_string(), "a,b:/dev/x");
     }
 
     #[test]

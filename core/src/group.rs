@@ -36,6 +36,7 @@ pub const MAX_RESOURCES: usize = 32;
 
 /// How often and how patiently a resource is checked. `None` takes the documented default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Monitor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_ms: Option<u64>,
@@ -55,7 +56,7 @@ impl Monitor {
 
 /// How an `exec` service is judged healthy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "check", rename_all = "kebab-case")]
+#[serde(tag = "check", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum HealthCheck {
     /// The started process is still running.
     ProcessAlive,
@@ -73,7 +74,7 @@ pub enum HealthCheck {
 
 /// A service: a process we start, a systemd unit, or an OCF resource agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ServiceSpec {
     /// Runs `command` (argv, no shell: nothing to quote or inject).
     Exec {
@@ -99,7 +100,8 @@ fn process_alive() -> HealthCheck {
 
 /// One thing a node can start, stop and monitor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+// Unknown keys are refused (a typo in cluster.toml must not silently become a default).
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ResourceSpec {
     /// Be primary of the volume (by name).
     Volume {
@@ -335,6 +337,15 @@ pub struct GroupStatus {
     /// Set by an explicit move: the scheduler keeps the group there until `Clear`.
     #[serde(default)]
     pub pinned: Option<NodeId>,
+    /// The node that may have resources of the group running: it acquired the group before
+    /// starting anything and has not released it. Another node may start the group only once
+    /// this is empty, so a switchover never runs the group twice (DESIGN.md §5 rule 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<NodeId>,
+    /// The last holder the leader declared fenced: it was gone past the failover timeout, so
+    /// its lease lapsed and it stopped by itself. Its volumes may be taken over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<NodeId>,
 }
 
 impl GroupStatus {
@@ -360,6 +371,12 @@ pub struct Group {
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum GroupChange {
     Create {
+        spec: GroupSpec,
+    },
+    /// Replaces the spec of the group named `spec.name`, keeping its status (placement,
+    /// failures, quarantines, pin). Refused while the group is placed if its set of volumes
+    /// would change: the node running it holds the old volumes.
+    Update {
         spec: GroupSpec,
     },
     /// Deletes a group that is placed nowhere (disable it and let it stop first).
@@ -392,6 +409,22 @@ pub enum GroupChange {
         group: String,
         node: Option<NodeId>,
         epoch: u64,
+    },
+    /// `node`, where the group is placed at `epoch`, is about to start it.
+    Acquire {
+        group: String,
+        node: NodeId,
+        epoch: u64,
+    },
+    /// `node` has stopped every resource of the group.
+    Release {
+        group: String,
+        node: NodeId,
+    },
+    /// The leader declares the holder `node` fenced: gone past the failover timeout.
+    Fence {
+        group: String,
+        node: NodeId,
     },
 }
 
@@ -433,6 +466,26 @@ pub enum GroupError {
     StillPlaced { group: String, node: NodeId },
     #[error("volume {volume} is used by group {group}; delete the group first")]
     VolumeInUse { volume: String, group: String },
+    #[error(
+        "group {group} is placed on node {node}: its volumes cannot change while it is placed \
+         ({old} -> {new}); disable it and wait until it stopped, then update it"
+    )]
+    VolumesChangeWhilePlaced {
+        group: String,
+        node: NodeId,
+        old: String,
+        new: String,
+    },
+    #[error("group {group} is held by node {holder}, which has not released it yet")]
+    HeldElsewhere { group: String, holder: NodeId },
+    #[error("group {group} is not placed on node {node} at epoch {epoch}")]
+    NotPlacedHere {
+        group: String,
+        node: NodeId,
+        epoch: u64,
+    },
+    #[error("group {group} is not held by node {node}")]
+    NotHolder { group: String, node: NodeId },
     #[error("stale placement of group {group}: decided at epoch {given}, the group is at epoch {current}")]
     StalePlacement {
         group: String,
@@ -694,8 +747,14 @@ pub(crate) fn apply(state: &mut ClusterState, change: &GroupChange) -> Result<St
             state.groups.insert(spec.name.clone(), group);
             Ok(format!("group {} created", spec.name))
         }
+        GroupChange::Update { spec } => update(state, spec),
         GroupChange::Delete { group } => {
-            if let Some(node) = group_mut(state, group)?.status.node {
+            let status = &group_mut(state, group)?.status;
+            if let Some(holder) = status.holder {
+                let group = group.clone();
+                return Err(GroupError::HeldElsewhere { group, holder });
+            }
+            if let Some(node) = status.node {
                 let group = group.clone();
                 return Err(GroupError::StillPlaced { group, node });
             }
@@ -726,6 +785,22 @@ pub(crate) fn apply(state: &mut ClusterState, change: &GroupChange) -> Result<St
             check_node(state, group, *node)?;
             Ok(record_failure(group_mut(state, group)?, *node, *at_unix))
         }
+        GroupChange::Acquire { group, node, epoch } => acquire(state, group, *node, *epoch),
+        GroupChange::Release { group, node } | GroupChange::Fence { group, node } => {
+            let status = &mut group_mut(state, group)?.status;
+            if status.holder != Some(*node) {
+                let (group, node) = (group.clone(), *node);
+                return Err(GroupError::NotHolder { group, node });
+            }
+            status.holder = None;
+            if matches!(change, GroupChange::Fence { .. }) {
+                status.fenced = Some(*node);
+                return Ok(format!(
+                    "group {group}: node {node} declared fenced (gone past the failover timeout)"
+                ));
+            }
+            Ok(format!("group {group} released by node {node}"))
+        }
         GroupChange::Placed { group, node, epoch } => {
             if let Some(node) = node {
                 check_node(state, group, *node)?;
@@ -747,6 +822,52 @@ pub(crate) fn apply(state: &mut ClusterState, change: &GroupChange) -> Result<St
             })
         }
     }
+}
+
+/// `node` takes the group it is placed on, once nobody else holds it.
+fn acquire(
+    state: &mut ClusterState,
+    group: &str,
+    node: NodeId,
+    epoch: u64,
+) -> Result<String, GroupError> {
+    let status = &mut group_mut(state, group)?.status;
+    if status.node != Some(node) || status.epoch != epoch {
+        let group = group.to_string();
+        return Err(GroupError::NotPlacedHere { group, node, epoch });
+    }
+    match status.holder {
+        Some(holder) if holder != node => Err(GroupError::HeldElsewhere {
+            group: group.to_string(),
+            holder,
+        }),
+        _ => {
+            status.holder = Some(node);
+            Ok(format!("group {group} acquired by node {node}"))
+        }
+    }
+}
+
+/// Replaces a group's spec, keeping its status; its volumes stay fixed while it is placed.
+fn update(state: &mut ClusterState, spec: &GroupSpec) -> Result<String, GroupError> {
+    check_against(state, spec)?;
+    let group = group_mut(state, &spec.name)?;
+    if let Some(node) = group.status.node {
+        let mut old = group.spec.volumes();
+        let mut new = spec.volumes();
+        old.sort_unstable();
+        new.sort_unstable();
+        if old != new {
+            return Err(GroupError::VolumesChangeWhilePlaced {
+                group: spec.name.clone(),
+                node,
+                old: old.join(","),
+                new: new.join(","),
+            });
+        }
+    }
+    group.spec = spec.clone();
+    Ok(format!("group {} updated", spec.name))
 }
 
 /// Pins a group to `to`; refused when `to` could never run it (a witness, a node without a
@@ -901,5 +1022,138 @@ mod tests {
         assert_eq!(group.status.quarantine_of(1, 819), Some(820));
         assert_eq!(group.status.quarantine_of(1, 820), None);
         assert!(!group.status.failures.contains_key(&1));
+    }
+
+    /// One node `a` (id 1) and volumes `db` and `logs` with a leg on it.
+    fn state_with_volumes() -> ClusterState {
+        use crate::state::{Admin, NodeInfo, StateChange};
+        use crate::volume::{LegSpec, VolumeChange};
+        let node = NodeInfo {
+            id: 1,
+            name: "a".into(),
+            addr: "127.0.0.1:1".into(),
+            site: None,
+            role: Role::Voter,
+            admin: Admin::Online,
+        };
+        let mut state = ClusterState::founded_by(crate::ClusterId([1; 16]), node);
+        for name in ["db", "logs"] {
+            let legs = vec![LegSpec {
+                nodes: vec![1],
+                path: format!("/tmp/{name}"),
+            }];
+            let size = 1 << 20;
+            let create = VolumeChange::Create {
+                name: name.into(),
+                size,
+                legs,
+            };
+            state.apply(&StateChange::Volume(create)).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn only_the_placed_node_acquires_and_only_the_holder_releases() {
+        use crate::state::StateChange;
+        let mut state = state_with_volumes();
+        let spec = GroupSpec::new("web", vec![volume("db")]);
+        apply(&mut state, &GroupChange::Create { spec }).unwrap();
+        let acquire = |node, epoch| GroupChange::Acquire {
+            group: "web".into(),
+            node,
+            epoch,
+        };
+        let refused = apply(&mut state, &acquire(1, 0)).unwrap_err();
+        assert!(
+            matches!(refused, GroupError::NotPlacedHere { .. }),
+            "{refused}"
+        );
+        let placed = GroupChange::Placed {
+            group: "web".into(),
+            node: Some(1),
+            epoch: 0,
+        };
+        apply(&mut state, &placed).unwrap();
+        assert!(
+            apply(&mut state, &acquire(1, 0)).is_err(),
+            "a stale epoch is refused"
+        );
+        apply(&mut state, &acquire(1, 1)).unwrap();
+        // Placed elsewhere while node 1 still holds it: nobody else may acquire it.
+        state.groups.get_mut("web").unwrap().status.node = Some(2);
+        let held = apply(&mut state, &acquire(2, 1)).unwrap_err();
+        assert!(held.to_string().contains("held by node 1"), "{held}");
+        let release = |node| GroupChange::Release {
+            group: "web".into(),
+            node,
+        };
+        let refused = apply(&mut state, &release(2)).unwrap_err();
+        assert!(matches!(refused, GroupError::NotHolder { .. }), "{refused}");
+        state.groups.get_mut("web").unwrap().status.node = None;
+        let delete = GroupChange::Delete {
+            group: "web".into(),
+        };
+        let refused = apply(&mut state, &delete).unwrap_err();
+        assert!(refused.to_string().contains("held by node 1"), "{refused}");
+        let remove = StateChange::RemoveNode { id: 1 };
+        assert!(
+            state.validate(&remove).is_err(),
+            "a node holding a group is not removed"
+        );
+        apply(&mut state, &release(1)).unwrap();
+        let fence = GroupChange::Fence {
+            group: "web".into(),
+            node: 1,
+        };
+        assert!(
+            apply(&mut state, &fence).is_err(),
+            "only a holder is fenced"
+        );
+        apply(&mut state, &delete).unwrap();
+    }
+
+    #[test]
+    fn update_keeps_the_status_and_fixes_the_volumes_while_placed() {
+        let mut state = state_with_volumes();
+        let spec = GroupSpec::new("web", vec![volume("db")]);
+        apply(&mut state, &GroupChange::Create { spec: spec.clone() }).unwrap();
+        let placed = GroupChange::Placed {
+            group: "web".into(),
+            node: Some(1),
+            epoch: 0,
+        };
+        apply(&mut state, &placed).unwrap();
+        let mut preferred = spec.clone();
+        preferred.preferred = vec![1];
+        let line = apply(&mut state, &GroupChange::Update { spec: preferred }).unwrap();
+        assert_eq!(line, "group web updated");
+        assert_eq!(state.groups["web"].spec.preferred, vec![1]);
+        assert_eq!(state.groups["web"].status.node, Some(1));
+        let more = GroupSpec::new("web", vec![volume("db"), volume("logs")]);
+        let refused = apply(&mut state, &GroupChange::Update { spec: more.clone() });
+        let message = refused.unwrap_err().to_string();
+        assert!(message.contains("(db -> db,logs)"), "{message}");
+        assert!(message.contains("disable it and wait"), "{message}");
+        state.groups.get_mut("web").unwrap().status.node = None;
+        assert!(apply(&mut state, &GroupChange::Update { spec: more }).is_ok());
+        let missing = GroupSpec::new("nope", vec![volume("db")]);
+        let refused = apply(&mut state, &GroupChange::Update { spec: missing });
+        assert_eq!(refused, Err(GroupError::NoSuchGroup("nope".into())));
+        let bad = GroupSpec::new("web", vec![volume("gone")]);
+        let refused = apply(&mut state, &GroupChange::Update { spec: bad });
+        assert!(matches!(refused, Err(GroupError::NoSuchVolume { .. })));
+    }
+
+    #[test]
+    fn unknown_resource_keys_are_refused() {
+        let typo = r#"{"type":"volume","volume":"db","monitr":{}}"#;
+        let error = serde_json::from_str::<ResourceSpec>(typo).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `monitr`"),
+            "{error}"
+        );
+        let typo = r#"{"type":"volume","volume":"db","monitor":{"interval":5}}"#;
+        assert!(serde_json::from_str::<ResourceSpec>(typo).is_err());
     }
 }

@@ -12,13 +12,18 @@ pub mod hex;
 pub mod ids;
 
 pub use ids::{ClusterId, NodeId, ParseClusterIdError};
+pub mod agent;
+pub mod apply;
 pub mod codec;
 pub mod command;
+pub mod events;
 pub mod group;
+pub mod group_plan;
 pub mod lease;
 pub mod legmeta;
 pub mod nbd;
 pub mod node;
+pub mod placement;
 pub mod replication;
 pub mod scheduler;
 pub mod state;

@@ -20,8 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Frame, FrameError, PeerMessage, Ping, Pong};
 use crate::command::{Command, NodeStatus, Reply, StatusReport};
+use crate::events::MAX_EVENTS;
 use crate::ids::{ClusterId, NodeId};
 use crate::lease::LeaseTracker;
+use crate::scheduler::{Liveness, NodeLiveness};
 use crate::state::{
     decode_state, encode_state, Admin, ApplyError, ClusterState, NodeInfo, Role, StateChange,
     StateDecodeError,
@@ -31,6 +33,8 @@ use crate::timing::Timing;
 
 /// After a stall, do not replay more Raft ticks than this in one call.
 const MAX_TICKS_PER_CALL: u64 = 40;
+/// How many of the newest timeline events `status` shows.
+const RECENT_EVENTS: usize = 8;
 /// Bound on ready rounds handled per input (raft-rs converges in a few).
 const MAX_READY_ROUNDS: usize = 16;
 
@@ -161,6 +165,14 @@ pub struct NodeCore {
     election_key: (StateRole, u64, usize),
     /// Followers a snapshot was handed to the shim for, to report once the Ready is done.
     snapshots_sent: Vec<NodeId>,
+    /// (term, when): the first moment this node held its leader lease in that term. Nodes it
+    /// has not heard from since count as gone from then on (see [`NodeCore::liveness`]).
+    leader_lease_since: Option<(u64, u64)>,
+    /// (leader, term) of the last leader other than this node that it saw.
+    last_other_leader: Option<(NodeId, u64)>,
+    /// The leader of the term right before this node's own, if it saw one: that node's
+    /// leases lapsed before this node's leader lease began (see [`NodeCore::liveness`]).
+    previous_leader: Option<NodeId>,
     #[cfg(feature = "mutations")]
     pub mutations: Mutations,
 }
@@ -255,6 +267,9 @@ impl NodeCore {
             election_rng: SplitMix64(seed),
             election_key: (StateRole::Follower, u64::MAX, 0),
             snapshots_sent: Vec::new(),
+            leader_lease_since: None,
+            last_other_leader: None,
+            previous_leader: None,
             #[cfg(feature = "mutations")]
             mutations: Mutations::default(),
         };
@@ -334,6 +349,11 @@ impl NodeCore {
         self.is_leader() && self.leases.holds_leader_lease(now, self.term())
     }
 
+    /// How much longer this node may act alone (0: it must not write or run services).
+    pub fn node_lease_remaining(&self, now: u64) -> u64 {
+        self.lease_remaining(now)
+    }
+
     /// Whether this node may act alone now (run services, write shared legs).
     pub fn holds_node_lease(&self, now: u64) -> bool {
         self.lease_remaining(now) > 0
@@ -370,6 +390,7 @@ impl NodeCore {
         if self.now >= self.next_tick_at {
             self.next_tick_at = self.now + self.timing.tick_ms;
         }
+        self.note_leader_lease();
         if self.now >= self.next_ping_at {
             self.send_pings();
             self.next_ping_at = self.now + self.timing.ping_interval_ms;
@@ -480,25 +501,25 @@ impl NodeCore {
         })
     }
 
-    /// Decides what an operator command means on this node.
-    pub fn plan_command(&self, now: u64, command: &Command) -> Plan {
+    /// Decides what an operator command means on this node. `now_unix` (wall-clock seconds)
+    /// is only read, for quarantines in group reports and explanations.
+    pub fn plan_command(&self, now: u64, now_unix: u64, command: &Command) -> Plan {
         let gone = |id: NodeId| self.is_gone(now, id);
         if let Some(plan) = crate::volume_plan::plan(&self.state, self.id, command, gone) {
+            return plan;
+        }
+        if let Some(plan) = crate::group_plan::plan(self, now, now_unix, command) {
             return plan;
         }
         let by_name = |name: &str| {
             self.state
                 .node_by_name(name)
                 .map(|node| node.id)
-                .ok_or_else(|| {
-                    Plan::Answer(Reply::Refused {
-                        message: format!("no node named {name:?} in this cluster"),
-                    })
-                })
+                .ok_or_else(|| format!("no node named {name:?} in this cluster"))
         };
         let admin = |name: &str, admin: Admin| match by_name(name) {
             Ok(id) => Plan::Propose(StateChange::SetAdmin { id, admin }),
-            Err(refusal) => refusal,
+            Err(message) => Plan::Answer(Reply::Refused { message }),
         };
         match command {
             Command::Status => Plan::Answer(Reply::Status(self.status(now))),
@@ -509,8 +530,18 @@ impl NodeCore {
             Command::NodeOnline { name } => admin(name, Admin::Online),
             Command::NodeRemove { name } => match by_name(name) {
                 Ok(id) => Plan::Propose(StateChange::RemoveNode { id }),
-                Err(refusal) => refusal,
+                Err(message) => Plan::Answer(Reply::Refused { message }),
             },
+            Command::Events { since, limit } => Plan::Answer(Reply::Events {
+                events: self.state.timeline.since(*since, (*limit).min(MAX_EVENTS)),
+                next_seq: self.state.timeline.next_seq,
+                names: self
+                    .state
+                    .nodes
+                    .values()
+                    .map(|node| (node.id, node.name.clone()))
+                    .collect(),
+            }),
             Command::CreateJoinToken { ttl_secs } => Plan::MakeToken {
                 ttl_secs: *ttl_secs,
             },
@@ -518,6 +549,61 @@ impl NodeCore {
                 message: format!("command {command:?} is not handled by this node"),
             }),
         }
+    }
+
+    /// Remembers when this node first held its leader lease in the current term.
+    fn note_leader_lease(&mut self) {
+        let term = self.term();
+        let fresh = self.leader_lease_since.is_none_or(|(seen, _)| seen != term);
+        if fresh && self.holds_leader_lease(self.now) {
+            self.leader_lease_since = Some((term, self.now));
+        }
+    }
+
+    /// What the scheduler needs to know about every member, as the leader sees it; `None`
+    /// unless this node is the leader holding its lease (only it may place groups).
+    ///
+    /// A node's lease ends at most `lease_timeout` after the leader last answered its ping,
+    /// which is when the leader last heard it. A node not heard since this leader got its
+    /// lease may still hold a lease granted by the previous leader, which lapsed by then plus
+    /// `lease_timeout` at the latest; so gone time counts from the later of the two moments.
+    /// The leader of the term just before this one is the exception: its own leader lease
+    /// lapsed before this node's blackout ended, and any node lease it held before it led
+    /// lapsed before its own blackout did; so it counts as last heard `lease_timeout` before
+    /// this node's lease began (a killed leader fails over a lease sooner).
+    pub fn liveness(&self, now: u64, failover_timeout_ms: u64) -> Option<Liveness> {
+        let (term, since) = self.leader_lease_since?;
+        if term != self.term() || !self.holds_leader_lease(now) {
+            return None;
+        }
+        let mut liveness = Liveness::new(failover_timeout_ms);
+        for node in self.state.nodes.values() {
+            let status = self.node_status(now, node, self.leader());
+            let holds_lease = status.lease_remaining_ms > 0;
+            let floor = if Some(node.id) == self.previous_leader {
+                since.saturating_sub(self.timing.lease_timeout_ms)
+            } else {
+                since
+            };
+            let heard = self
+                .last_heard
+                .get(&node.id)
+                .copied()
+                .unwrap_or(0)
+                .max(floor);
+            let offline_for_ms = if node.id == self.id || (status.online && holds_lease) {
+                0
+            } else {
+                now.saturating_sub(heard)
+            };
+            let live = NodeLiveness {
+                online: status.online,
+                holds_lease,
+                offline_for_ms,
+            };
+            liveness.nodes.insert(node.id, live);
+        }
+        Some(liveness)
     }
 
     /// Whether node `id` is offline and no longer holds a lease, as this node sees it.
@@ -556,6 +642,7 @@ impl NodeCore {
             commit_index: self.commit_index(),
             applied_index: self.applied,
             nodes,
+            recent_events: self.state.timeline.since(0, RECENT_EVENTS),
         }
     }
 
@@ -615,6 +702,12 @@ impl NodeCore {
 
     fn send_pings(&mut self) {
         let seq = self.leases.start_round(self.now, self.term());
+        // A leader that is a quorum by itself (the only voter) confirms its own round.
+        let alone = std::collections::BTreeSet::new();
+        if self.is_leader() && self.quorum_confirms(&alone) {
+            let until = self.now + self.leases.lease_timeout();
+            self.leases.extend_leader_lease(self.term(), until);
+        }
         let ping = Ping {
             seq,
             term: self.term(),
@@ -707,10 +800,18 @@ impl NodeCore {
 
     fn notice_role_change(&mut self) {
         let now_role = (self.raw.raft.state, self.term());
+        let leader = self.raw.raft.leader_id;
+        if leader != raft::INVALID_ID && leader != self.id {
+            self.last_other_leader = Some((leader, now_role.1));
+        }
         if now_role == self.seen_role {
             return;
         }
         if now_role.0 == StateRole::Leader {
+            self.previous_leader = self
+                .last_other_leader
+                .filter(|&(_, term)| term + 1 == now_role.1)
+                .map(|(leader, _)| leader);
             self.leases.became_leader(self.now, now_role.1);
             #[cfg(feature = "mutations")]
             if self.mutations.lease_without_quorum {

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::{Event, EventError, Timeline};
 use crate::group::{self, Group, GroupChange, GroupError};
 use crate::ids::{ClusterId, NodeId};
 use crate::volume::{self, VolumeChange, VolumeError, VolumeId, VolumeInfo};
@@ -103,6 +104,9 @@ pub struct ClusterState {
     /// Resource groups by name: the operator's spec and the committed runtime facts.
     #[serde(default)]
     pub groups: BTreeMap<String, Group>,
+    /// The failover timeline (the newest events).
+    #[serde(default)]
+    pub timeline: Timeline,
 }
 
 fn first_volume_id() -> VolumeId {
@@ -133,6 +137,8 @@ pub enum StateChange {
     Volume(VolumeChange),
     /// Create, delete, enable, disable, move or clear a group; record a failure; place it.
     Group(GroupChange),
+    /// Events for the timeline.
+    Events { events: Vec<Event> },
 }
 
 /// A committed change that the state refused; every node refuses it identically.
@@ -152,10 +158,17 @@ pub enum ApplyError {
     LastVoter,
     #[error("node {node} is primary of volume {volume}; move or demote it first")]
     PrimaryOfVolume { node: NodeId, volume: String },
+    #[error(
+        "node {node} runs group {group} (or is placed to); move it away first (`tandem node \
+         standby`), then remove the node"
+    )]
+    RunsGroup { node: NodeId, group: String },
     #[error(transparent)]
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Group(#[from] GroupError),
+    #[error(transparent)]
+    Events(#[from] EventError),
 }
 
 /// A snapshot payload that cannot be loaded.
@@ -189,6 +202,7 @@ impl ClusterState {
             volumes: BTreeMap::new(),
             next_volume_id: first_volume_id(),
             groups: BTreeMap::new(),
+            timeline: Timeline::default(),
         }
     }
 
@@ -258,6 +272,16 @@ impl ClusterState {
                         volume: volume.name.clone(),
                     });
                 }
+                let held = self
+                    .groups
+                    .values()
+                    .find(|g| g.status.holder == Some(*id) || g.status.node == Some(*id));
+                if let Some(group) = held {
+                    return Err(ApplyError::RunsGroup {
+                        node: *id,
+                        group: group.spec.name.clone(),
+                    });
+                }
                 let name = node.name.clone();
                 self.nodes.remove(id);
                 Ok(format!("node {name} removed"))
@@ -284,6 +308,10 @@ impl ClusterState {
             }
             StateChange::Volume(change) => self.apply_volume(change),
             StateChange::Group(change) => Ok(group::apply(self, change)?),
+            StateChange::Events { events } => {
+                let added = self.timeline.record(events)?;
+                Ok(format!("{added} event(s) recorded"))
+            }
         }
     }
 

@@ -7,12 +7,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tandem_core::{Action, NodeCore, NodeId, Plan, Reply, StateChange, Timing};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::agent_host::{AgentHost, Completion};
 use crate::config::{self, NodeConfig};
 use crate::control::{self, ControlRequest};
 use crate::join::{JoinGrant, JoinReply, JoinRequest, PeerEntry};
@@ -21,6 +23,7 @@ use crate::raftlog::DurableLog;
 use crate::statedir::StateDir;
 use crate::token::JoinToken;
 use crate::transport::{self, Inbound, Links, LocalIdentity, PeerAddress};
+use crate::volume_io::LeaseGate;
 use crate::volumes::{HostContext, VolumeHost};
 
 /// A proposal that is not committed within this time is answered with a refusal.
@@ -93,7 +96,16 @@ struct Daemon {
     volumes: VolumeHost,
     /// The applied index the volume frontends were last reconciled at.
     volumes_at: Option<u64>,
+    /// The agent (runs groups here) and the leader's placement loop.
+    agents: AgentHost,
+    /// When the agent last had a round (monotonic ms).
+    agents_at: u64,
+    /// The node lease as the write paths see it.
+    lease: Arc<LeaseGate>,
 }
+
+/// How often the agent and the placement loop look at the state.
+const AGENT_ROUND_MS: u64 = 50;
 
 /// Maps the config file's optional timing overrides onto the defaults.
 pub fn timing_from(config: &NodeConfig) -> Timing {
@@ -162,13 +174,16 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     tokio::spawn(control::serve(control_listener, control_tx));
     let client_tls = pki::client_config(&ca.cert_pem, &node)?;
     let (proposals_tx, mut proposals) = mpsc::channel(256);
+    let lease = Arc::new(LeaseGate::new());
     let host = HostContext {
         me: identity.node_id,
         cluster: identity.cluster,
         state_dir: dir.root().to_path_buf(),
         tls: client_tls.clone(),
         proposals: proposals_tx,
+        lease: lease.clone(),
     };
+    let (agents, mut completions) = AgentHost::new(identity.node_id, dir.root().to_path_buf());
     let mut daemon = Daemon {
         core,
         log,
@@ -185,6 +200,9 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         departed: HashMap::new(),
         volumes: VolumeHost::new(host),
         volumes_at: None,
+        agents,
+        agents_at: 0,
+        lease,
     };
     tracing::info!(
         "node {} (id {}) of cluster {} serving on {}",
@@ -203,6 +221,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
             Some(event) = inbound.recv() => daemon.on_inbound(event),
             Some(request) = control_rx.recv() => daemon.on_control(request),
             Some(change) = proposals.recv() => daemon.propose_internal(change),
+            Some(done) = completions.recv() => daemon.on_resource_done(done),
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -212,6 +231,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
             break;
         }
     }
+    daemon.agents.shutdown(&daemon.core).await;
     daemon.volumes.shutdown().await;
     let _ = std::fs::remove_file(dir.control_socket_path());
     tracing::info!("daemon stopped");
@@ -249,8 +269,32 @@ impl Daemon {
         }
     }
 
+    /// Proposals of the agent and the placement loop: retried by them, so a refusal here
+    /// (no leader during a partition) is only worth a debug line.
+    fn propose_quietly(&mut self, changes: Vec<StateChange>) {
+        for change in changes {
+            let request = self.next_request;
+            self.next_request += 1;
+            if let Err(error) = self.core.propose(request, change.clone()) {
+                tracing::debug!("cannot propose {change:?} now: {error}");
+            }
+        }
+    }
+
+    fn on_resource_done(&mut self, done: Completion) {
+        let changes = self.agents.completed(&self.core, self.now(), done);
+        self.propose_quietly(changes);
+    }
+
     fn on_tick(&mut self) {
         self.core.tick(self.now());
+        let now_ms = self.now();
+        self.lease.publish(self.core.node_lease_remaining(now_ms));
+        if now_ms.saturating_sub(self.agents_at) >= AGENT_ROUND_MS {
+            self.agents_at = now_ms;
+            let changes = self.agents.round(&self.core, now_ms);
+            self.propose_quietly(changes);
+        }
         let now = Instant::now();
         if self.departed.values().any(|(_, until)| *until <= now) {
             self.departed.retain(|_, (_, until)| *until > now);
@@ -291,7 +335,7 @@ impl Daemon {
 
     fn on_control(&mut self, request: ControlRequest) {
         let ControlRequest { command, reply } = request;
-        match self.core.plan_command(self.now(), &command) {
+        match self.core.plan_command(self.now(), unix_now(), &command) {
             Plan::Answer(mut answer) => {
                 if let Reply::Volumes { volumes } = &mut answer {
                     self.volumes.annotate(volumes);

@@ -1,10 +1,15 @@
 //! The Linux shim: real sockets, files and processes around `tandem-core`.
+pub mod agent_host;
 pub mod config;
 pub mod control;
+pub mod counter_service;
 pub mod daemon;
 pub mod demo;
+pub mod events_cli;
 pub mod fuse_export;
+pub mod host_cleanup;
 pub mod join;
+pub mod lab;
 pub mod leg;
 pub mod meta_store;
 pub mod nbd_serve;
@@ -13,6 +18,8 @@ pub mod raftlog;
 pub mod render;
 pub mod repl_primary;
 pub mod repl_secondary;
+pub mod resource_cli;
+pub mod resources;
 pub mod setup;
 pub mod statedir;
 pub mod token;

@@ -6,10 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tandem_core::command::LegRequest;
 use tandem_core::{Command, Reply};
 use tandem_linux::{config, control, daemon, demo, render, setup, statedir::StateDir, verify};
+
+mod group_cli;
 
 #[derive(Parser)]
 #[command(
@@ -75,8 +77,55 @@ enum Verb {
         #[command(subcommand)]
         action: VolumeVerb,
     },
+    /// Create, inspect, move and switch resource groups (what runs together on one node).
+    Group {
+        #[command(subcommand)]
+        action: group_cli::GroupVerb,
+    },
+    /// Why a group runs where it runs: every node's verdict and the rule that decided.
+    Explain { group: String },
+    /// Make the cluster match a declarative cluster.toml (docs/cluster-toml.md): print the
+    /// plan, then carry it out step by step.
+    Apply {
+        file: PathBuf,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete the groups and volumes the file does not declare.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// The failover timeline: detected, decided, stopped, demoted, promoted, started,
+    /// healthy, with each node's own timestamps.
+    Events {
+        /// Keep printing new events as they commit (Ctrl-C ends).
+        #[arg(long)]
+        follow: bool,
+        /// How many of the newest events to show first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// A real cluster on this machine, with a failover shown.
     Demo,
+    /// Start, stop or check one resource by hand, outside the cluster (like crm_resource
+    /// --force-start). `monitor` exits 0 running, 7 not running, 1 failed.
+    Resource {
+        #[command(subcommand)]
+        action: tandem_linux::resource_cli::ResourceVerb,
+    },
+    /// A tiny HTTP counter keeping its data in DIR (for the demo and failover tests).
+    #[command(hide = true)]
+    CounterService {
+        /// The directory holding the `counter` file (on the mirrored volume).
+        #[arg(long)]
+        dir: PathBuf,
+        /// ADDR:PORT to listen on.
+        #[arg(long)]
+        listen: String,
+        /// The label in answers (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,7 +190,8 @@ enum NodeVerb {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -156,7 +206,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&error.into()),
     };
-    match runtime.block_on(execute(cli)) {
+    match runtime.block_on(execute(cli, &matches)) {
         Ok(code) => code,
         Err(error) => fail(&error),
     }
@@ -210,13 +260,14 @@ async fn watch_resync(
 
 fn fail(error: &anyhow::Error) -> ExitCode {
     eprintln!("tandem: {error:#}");
-    let is_config = error
-        .chain()
-        .any(|cause| cause.downcast_ref::<config::ConfigError>().is_some());
+    let is_config = error.chain().any(|cause| {
+        cause.downcast_ref::<config::ConfigError>().is_some()
+            || cause.downcast_ref::<group_cli::UsageError>().is_some()
+    });
     ExitCode::from(if is_config { 2 } else { 1 })
 }
 
-async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn execute(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
     let root = cli.state_dir.clone();
     let command = match cli.command {
         Verb::Init { name, listen, site } => {
@@ -262,6 +313,25 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Verb::Demo => return demo::run().await,
+        Verb::Events { follow, limit } => {
+            return tandem_linux::events_cli::run(&root, limit, follow, cli.json).await
+        }
+        Verb::Group { action } => return group_cli::run(&root, action, matches, cli.json).await,
+        Verb::Explain { group } => Command::Explain { group },
+        Verb::Apply {
+            file,
+            dry_run,
+            prune,
+        } => return group_cli::apply(&root, &file, dry_run, prune, cli.json).await,
+        Verb::Resource { action } => {
+            return Ok(tandem_linux::resource_cli::run(&root, action, cli.json).await)
+        }
+        Verb::CounterService { dir, listen, name } => {
+            let options = tandem_linux::counter_service::Options { dir, listen, name };
+            tokio::task::spawn_blocking(move || tandem_linux::counter_service::run(&options))
+                .await??;
+            return Ok(ExitCode::SUCCESS);
+        }
         Verb::Token { ttl } => Command::CreateJoinToken { ttl_secs: ttl },
         Verb::Status => Command::Status,
         Verb::Node { action } => match action {

@@ -5,8 +5,13 @@
 
 use std::fmt::Write as _;
 
-use tandem_core::command::{SyncStatus, VolumeStatus};
-use tandem_core::{NodeStatus, Reply, StatusReport};
+use std::collections::BTreeMap;
+use tandem_core::apply::PlannedStep;
+use tandem_core::command::{ExplainReport, GroupReport, SyncStatus, VolumeStatus};
+use tandem_core::group::{Failback, HealthCheck, ResourceSpec, ServiceSpec};
+
+use tandem_core::events::Recorded;
+use tandem_core::{NodeId, NodeStatus, Reply, StatusReport};
 
 /// Renders a reply for a terminal.
 pub fn reply(reply: &Reply) -> String {
@@ -21,6 +26,12 @@ pub fn reply(reply: &Reply) -> String {
             format!("{token}\n(valid until {expires_unix} unix time; pass it to `tandem join --token`)\n")
         }
         Reply::Volumes { volumes } => volume_table(volumes),
+        Reply::Groups { groups } => group_table(groups),
+        Reply::Explain(report) => explain(report),
+        Reply::ApplyPlan { steps, notes } => apply_plan(steps, notes, true),
+        Reply::Events { events, names, .. } => {
+            self::events(events, &names.iter().cloned().collect(), true)
+        }
         Reply::Refused { message } => format!("refused: {message}\n"),
     }
 }
@@ -137,6 +148,210 @@ fn volume_table(volumes: &[VolumeStatus]) -> String {
     out
 }
 
+fn group_table(groups: &[GroupReport]) -> String {
+    if groups.is_empty() {
+        return "no groups\n".to_string();
+    }
+    let mut out = format!(
+        "{:<20} {:<8} {:<12} {:>5} {:>9}  {}\n",
+        "GROUP", "ENABLED", "NODE", "EPOCH", "RESOURCES", "QUARANTINED ON"
+    );
+    for group in groups {
+        let quarantined: Vec<&str> = group.quarantines.iter().map(|q| q.node.as_str()).collect();
+        let node = match (&group.node, &group.pinned) {
+            (Some(node), Some(pin)) if node == pin => format!("{node} (pin)"),
+            (node, _) => node.clone().unwrap_or_else(|| "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:<12} {:>5} {:>9}  {}",
+            group.name,
+            if group.enabled { "yes" } else { "no" },
+            node,
+            group.epoch,
+            group.resources.len(),
+            if quarantined.is_empty() {
+                "-".to_string()
+            } else {
+                quarantined.join(",")
+            }
+        );
+    }
+    out
+}
+
+/// `tandem group show`: settings, resources with their monitors, and the committed facts.
+pub fn group_details(group: &GroupReport) -> String {
+    let mut out = format!(
+        "group {}  {}  node {}  epoch {}  pinned to {}\n",
+        group.name,
+        if group.enabled { "enabled" } else { "DISABLED" },
+        group.node.as_deref().unwrap_or("none"),
+        group.epoch,
+        group.pinned.as_deref().unwrap_or("-"),
+    );
+    let preferred = if group.preferred.is_empty() {
+        "-".to_string()
+    } else {
+        group.preferred.join(",")
+    };
+    let failback = match group.failback {
+        Failback::Manual => "manual".to_string(),
+        Failback::Auto => format!("auto (stickiness {})", group.stickiness),
+    };
+    let _ = writeln!(
+        out,
+        "  preferred {preferred}  failback {failback}  restarts {} per {} s, then quarantine {} s",
+        group.max_restarts, group.restart_window_secs, group.quarantine_secs
+    );
+    let _ = writeln!(
+        out,
+        "  {:<3} {:<28} {:<15} DETAILS",
+        "#", "RESOURCE", "MONITOR"
+    );
+    for (index, resource) in group.resources.iter().enumerate() {
+        let monitor = format!(
+            "{} / {}",
+            duration(resource.monitor_interval_ms),
+            duration(resource.monitor_timeout_ms)
+        );
+        let _ = writeln!(
+            out,
+            "  {index:<3} {:<28} {monitor:<15} {}",
+            resource.what,
+            resource_details(&resource.spec)
+        );
+    }
+    for (node, times) in &group.failures {
+        let times: Vec<String> = times.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            out,
+            "  failures on {node} at {} (unix seconds)",
+            times.join(", ")
+        );
+    }
+    for quarantine in &group.quarantines {
+        let _ = writeln!(
+            out,
+            "  QUARANTINED on {} until {} ({} s left; `tandem group clear` lifts it)",
+            quarantine.node, quarantine.until_unix, quarantine.left_secs
+        );
+    }
+    out
+}
+
+/// `5s`, `500ms`, `2m`: the way `--monitor-interval` takes it.
+fn duration(ms: u64) -> String {
+    if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1_000) {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// What a resource's identity does not already say.
+fn resource_details(spec: &ResourceSpec) -> String {
+    match spec {
+        ResourceSpec::Volume { .. } => "primary here".into(),
+        ResourceSpec::Filesystem {
+            volume,
+            fstype,
+            mkfs,
+            options,
+            ..
+        } => {
+            let mut text = format!("volume {volume}, {fstype}");
+            if *mkfs {
+                text.push_str(", mkfs");
+            }
+            if !options.is_empty() {
+                let _ = write!(text, ", options {options}");
+            }
+            text
+        }
+        ResourceSpec::Ip { interface, .. } => match interface {
+            Some(interface) => format!("on {interface}"),
+            None => "on the interface whose subnet holds it".into(),
+        },
+        ResourceSpec::Service { service, .. } => match service {
+            ServiceSpec::Exec { command, health } => {
+                format!("{}; health {}", argv(command), health_text(health))
+            }
+            ServiceSpec::Systemd { unit } => format!("unit {unit}"),
+            ServiceSpec::Ocf { params, .. } => {
+                let params: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                params.join(" ")
+            }
+        },
+    }
+}
+
+fn argv(command: &[String]) -> String {
+    let words: Vec<String> = command
+        .iter()
+        .map(|word| {
+            if word.is_empty() || word.contains(char::is_whitespace) {
+                format!("{word:?}")
+            } else {
+                word.clone()
+            }
+        })
+        .collect();
+    words.join(" ")
+}
+
+fn health_text(health: &HealthCheck) -> String {
+    match health {
+        HealthCheck::ProcessAlive => "process".into(),
+        HealthCheck::Command { command } => format!("cmd:{}", argv(command)),
+        HealthCheck::Tcp { host, port } => match host {
+            Some(host) => format!("tcp:{host}:{port}"),
+            None => format!("tcp:{port}"),
+        },
+        HealthCheck::Http { url } => url.clone(),
+    }
+}
+
+/// `tandem explain`: whose view, then the scheduler's explanation.
+fn explain(report: &ExplainReport) -> String {
+    format!("{}\n{}", report.view, report.text)
+}
+
+/// The plan `tandem apply` prints before it carries it out (or instead, with --dry-run).
+pub fn apply_plan(steps: &[PlannedStep], notes: &[String], dry_run: bool) -> String {
+    let mut out = String::new();
+    if steps.is_empty() {
+        out.push_str("nothing to do: the cluster matches the file\n");
+    } else {
+        let what = if dry_run { "would apply" } else { "applying" };
+        let _ = writeln!(out, "plan ({what} {} step(s)):", steps.len());
+        for (n, step) in steps.iter().enumerate() {
+            let _ = writeln!(out, "  {}. {}", n + 1, step.description);
+        }
+    }
+    for note in notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    if dry_run && !steps.is_empty() {
+        out.push_str("dry run: nothing was changed\n");
+    }
+    out
+}
+
+/// One line per step carried out by `tandem apply`.
+pub fn step_outcome(n: usize, total: usize, step: &PlannedStep, outcome: &Reply) -> String {
+    match outcome {
+        Reply::Done { message } => format!("[{n}/{total}] {}: {message}\n", step.description),
+        Reply::Refused { message } => format!(
+            "[{n}/{total}] {}: refused: {message}\nstopped: the steps after this one were not applied\n",
+            step.description
+        ),
+        other => format!("[{n}/{total}] {}\n{}", step.description, reply(other)),
+    }
+}
+
 fn status_table(status: &StatusReport) -> String {
     let leader = status
         .leader
@@ -151,7 +366,57 @@ fn status_table(status: &StatusReport) -> String {
         out.push_str("WARNING: no quorum: no leases are granted, nothing can fail over until a majority of voters is back\n");
     }
     out.push_str(&node_table(&status.nodes));
+    if !status.recent_events.is_empty() {
+        let names = status
+            .nodes
+            .iter()
+            .map(|node| (node.id, node.name.clone()))
+            .collect();
+        out.push_str("\nrecent events (tandem events shows more):\n");
+        out.push_str(&events(&status.recent_events, &names, false));
+    }
     out
+}
+
+/// The timeline: UTC time with milliseconds, node, what, group, detail.
+pub fn events(events: &[Recorded], names: &BTreeMap<NodeId, String>, header: bool) -> String {
+    let mut out = String::new();
+    if header {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<10} {:<11} {:<12} DETAIL",
+            "TIME (UTC)", "NODE", "EVENT", "GROUP"
+        );
+    }
+    for recorded in events {
+        let event = &recorded.event;
+        let node = names
+            .get(&event.node)
+            .cloned()
+            .unwrap_or_else(|| event.node.to_string());
+        let _ = writeln!(
+            out,
+            "{:<12} {:<10} {:<11} {:<12} {}",
+            clock_time(event.at_unix_ms),
+            node,
+            event.kind.as_str(),
+            event.group.as_deref().unwrap_or("-"),
+            event.detail
+        );
+    }
+    out
+}
+
+/// `HH:MM:SS.mmm` of a unix time in milliseconds (UTC).
+fn clock_time(unix_ms: u64) -> String {
+    let day_ms = unix_ms % 86_400_000;
+    let (hours, rest) = (day_ms / 3_600_000, day_ms % 3_600_000);
+    let (minutes, rest) = (rest / 60_000, rest % 60_000);
+    format!(
+        "{hours:02}:{minutes:02}:{:02}.{:03}",
+        rest / 1000,
+        rest % 1000
+    )
 }
 
 fn node_table(nodes: &[NodeStatus]) -> String {
@@ -200,6 +465,7 @@ fn lease(remaining_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_core::events::{Event, EventKind};
     use tandem_core::{Admin, ClusterId, Role};
 
     fn node(id: u64, online: bool) -> NodeStatus {
@@ -230,8 +496,20 @@ mod tests {
             commit_index: 5,
             applied_index: 5,
             nodes: vec![node(1, true), node(2, false)],
+            recent_events: vec![Recorded {
+                seq: 0,
+                event: Event::new(
+                    3_723_004,
+                    2,
+                    Some("db"),
+                    EventKind::Started,
+                    "2 resource(s) started here".into(),
+                ),
+            }],
         };
         let text = reply(&Reply::Status(status));
+        assert!(text.contains("01:02:03.004 n2"), "{text}");
+        assert!(text.contains("started     db"), "{text}");
         assert!(text.contains("leader n1 (term 3)"), "{text}");
         assert!(text.contains("quorum: NO (1/2 voters online)"), "{text}");
         assert!(text.contains("n1 *"), "{text}");

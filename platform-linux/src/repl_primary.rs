@@ -128,16 +128,19 @@ pub struct EngineContext {
     pub tls: Arc<rustls::ClientConfig>,
     pub proposals: mpsc::Sender<StateChange>,
     pub board: SyncBoard,
+    pub lease: Arc<crate::volume_io::LeaseGate>,
 }
 
 /// The frontends' handle on a mirrored volume.
 pub struct EngineHandle {
     inputs: mpsc::Sender<EngineInput>,
     leg: Arc<Leg>,
+    lease: Arc<crate::volume_io::LeaseGate>,
 }
 
 impl EngineHandle {
     fn call(&self, op: ClientOp) -> io::Result<()> {
+        self.lease.check()?;
         let (done, answer) = std::sync::mpsc::channel();
         self.inputs
             .blocking_send(EngineInput::Client { op, done })
@@ -234,6 +237,7 @@ pub async fn run_primary(
     let handle: Arc<dyn VolumeIo> = Arc::new(EngineHandle {
         inputs,
         leg: leg.clone(),
+        lease: setup.context.lease.clone(),
     });
     let _image = start_image(&setup.images, &setup.name, handle.clone());
     let _frontend = match NbdFrontend::start(&setup.socket, &setup.name, handle) {

@@ -23,3 +23,97 @@ pub trait VolumeIo: Send + Sync {
     /// Names the backing store in log lines.
     fn describe(&self) -> String;
 }
+
+/// How long a write waits for a missing lease before it fails.
+pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether this node may write now: the daemon publishes how long its node lease lasts, the
+/// write paths check it before every write (DESIGN.md §5 rule 2: a node without a lease stops
+/// writing; a shared leg relies on it). Lock-free: one atomic load per write.
+#[derive(Debug)]
+pub struct LeaseGate {
+    origin: std::time::Instant,
+    /// Milliseconds since `origin` until which the lease holds.
+    until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl LeaseGate {
+    /// A gate that is shut until the daemon first publishes a lease.
+    pub fn new() -> LeaseGate {
+        LeaseGate {
+            origin: std::time::Instant::now(),
+            until_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The lease lasts `remaining_ms` from now.
+    pub fn publish(&self, remaining_ms: u64) {
+        let until = self.elapsed_ms().saturating_add(remaining_ms);
+        self.until_ms
+            .store(until, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the lease holds now.
+    pub fn holds(&self) -> bool {
+        self.elapsed_ms() < self.until_ms.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Lets a write through while the lease holds. Without one the write waits (I/O is
+    /// suspended, like DRBD's `on-no-quorum suspend-io`) for up to [`LEASE_WAIT`]: a cluster
+    /// that is starting or electing a new leader gets its leases back within about two
+    /// seconds. After that the write fails; it was never performed. Blocking: callers are
+    /// FUSE worker threads and blocking tasks.
+    pub fn check(&self) -> io::Result<()> {
+        self.check_within(LEASE_WAIT)
+    }
+
+    fn check_within(&self, wait: std::time::Duration) -> io::Result<()> {
+        let start = std::time::Instant::now();
+        while !self.holds() {
+            if start.elapsed() >= wait {
+                return Err(io::Error::other(format!(
+                    "this node holds no lease (no quorum confirmed it) after waiting {} s: \
+                     writes are refused",
+                    wait.as_secs()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+}
+
+impl Default for LeaseGate {
+    fn default() -> Self {
+        LeaseGate::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaseGate;
+
+    #[test]
+    fn the_gate_opens_only_while_a_published_lease_lasts() {
+        let gate = std::sync::Arc::new(LeaseGate::new());
+        let short = std::time::Duration::from_millis(30);
+        assert!(gate.check_within(short).is_err(), "shut before any lease");
+        gate.publish(10_000);
+        assert!(gate.check_within(short).is_ok());
+        gate.publish(0);
+        let error = gate.check_within(short).unwrap_err();
+        assert!(error.to_string().contains("no lease"), "{error}");
+        // A write waiting for the lease goes through once it returns.
+        let waiter = {
+            let gate = gate.clone();
+            std::thread::spawn(move || gate.check_within(std::time::Duration::from_secs(10)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        gate.publish(10_000);
+        assert!(waiter.join().unwrap().is_ok());
+    }
+}

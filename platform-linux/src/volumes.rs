@@ -55,6 +55,8 @@ pub struct HostContext {
     pub state_dir: PathBuf,
     pub tls: Arc<rustls::ClientConfig>,
     pub proposals: mpsc::Sender<StateChange>,
+    /// The node lease, checked before every write.
+    pub lease: Arc<crate::volume_io::LeaseGate>,
 }
 
 /// Primaries and secondaries of the volumes on this node.
@@ -208,6 +210,7 @@ impl VolumeHost {
             tls: self.context.tls.clone(),
             proposals: self.context.proposals.clone(),
             board: board.clone(),
+            lease: self.context.lease.clone(),
         };
         let setup = PrimarySetup {
             my_leg: my_leg.id,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod lab_cluster;
 pub mod nbd_client;
 
 /// The `tandem` binary under test: `$TANDEM_BIN`, or the one cargo built next to this test.
@@ -96,6 +97,74 @@ impl TestNode {
         let reply: Value = serde_json::from_slice(&output.stdout).ok()?;
         (reply["reply"] == "status").then_some(reply)
     }
+
+    /// Waits until this node sees a leader; returns the leader's id.
+    pub fn wait_leader(&self) -> u64 {
+        wait_for(
+            &format!("a leader seen by {}", self.name),
+            Duration::from_secs(20),
+            || self.status()?["leader"].as_u64(),
+        )
+    }
+
+    /// Waits until this node sees `count` nodes online.
+    pub fn wait_online(&self, count: usize) -> Value {
+        wait_for(
+            &format!("{count} nodes online as seen by {}", self.name),
+            Duration::from_secs(30),
+            || {
+                let status = self.status()?;
+                let online = status["nodes"]
+                    .as_array()?
+                    .iter()
+                    .filter(|n| n["online"] == true)
+                    .count();
+                (online == count).then_some(status)
+            },
+        )
+    }
+
+    /// Waits until this node holds its lease (a new leader grants none during its blackout),
+    /// so that writes on it go through at once instead of waiting for the lease.
+    pub fn wait_lease(&self) {
+        wait_for(
+            &format!("{} to hold its lease", self.name),
+            Duration::from_secs(30),
+            || {
+                let status = self.status()?;
+                let me = status["this_node"].as_u64()?;
+                let held = status["nodes"]
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["id"] == me && n["lease_remaining_ms"].as_u64() > Some(0));
+                held.then_some(())
+            },
+        )
+    }
+
+    /// A fresh join token from this node. While a new second voter is still starting, a
+    /// two-voter cluster has no quorum and refuses; that heals once it is up, so this retries.
+    pub fn token(&self) -> String {
+        let mut last = String::new();
+        let token = wait_for("a join token", Duration::from_secs(20), || {
+            let output = cli(&self.dir, &["token", "--json"]);
+            last = text(&output);
+            let reply: Value = serde_json::from_slice(&output.stdout).ok()?;
+            reply["token"].as_str().map(str::to_string)
+        });
+        assert!(!token.is_empty(), "token failed: {last}");
+        token
+    }
+}
+
+/// The name of node `id` in a status reply.
+pub fn node_name(status: &Value, id: u64) -> String {
+    status["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
+        .and_then(|n| n["name"].as_str())
+        .expect("node in status")
+        .to_string()
 }
 
 /// Detaches every mount below `root` (the FUSE images a killed daemon left behind), deepest
@@ -217,15 +286,7 @@ impl TestCluster {
     /// A fresh join token from `via`. While a new second voter is still starting, a two-voter
     /// cluster has no quorum and refuses; that heals once it is up, so this retries.
     pub fn token(&self, via: &str) -> String {
-        let mut last = String::new();
-        let token = wait_for("a join token", Duration::from_secs(20), || {
-            let output = cli(&self.node(via).dir, &["token", "--json"]);
-            last = text(&output);
-            let reply: Value = serde_json::from_slice(&output.stdout).ok()?;
-            reply["token"].as_str().map(str::to_string)
-        });
-        assert!(!token.is_empty(), "token failed: {last}");
-        token
+        self.node(via).token()
     }
 
     /// `tandem join` of a new node through `via`, then starts it.
@@ -277,38 +338,17 @@ impl TestCluster {
 
     /// Waits until `name` sees a leader; returns the leader's id.
     pub fn wait_leader(&self, name: &str) -> u64 {
-        wait_for(
-            &format!("a leader seen by {name}"),
-            Duration::from_secs(20),
-            || self.node(name).status()?["leader"].as_u64(),
-        )
+        self.node(name).wait_leader()
     }
 
     /// Waits until `name` sees `count` nodes online.
     pub fn wait_online(&self, name: &str, count: usize) -> Value {
-        wait_for(
-            &format!("{count} nodes online as seen by {name}"),
-            Duration::from_secs(30),
-            || {
-                let status = self.node(name).status()?;
-                let online = status["nodes"]
-                    .as_array()?
-                    .iter()
-                    .filter(|n| n["online"] == true)
-                    .count();
-                (online == count).then_some(status)
-            },
-        )
+        self.node(name).wait_online(count)
     }
 
     /// The name of node `id`.
     pub fn name_of(&self, status: &Value, id: u64) -> String {
-        status["nodes"]
-            .as_array()
-            .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
-            .and_then(|n| n["name"].as_str())
-            .expect("node in status")
-            .to_string()
+        node_name(status, id)
     }
 }
 

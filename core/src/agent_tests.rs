@@ -1,0 +1,443 @@
+//! The agent's behaviour, scenario by scenario: proposals are committed at once (applied to
+//! the state), resource operations are completed by the test.
+
+use super::*;
+use crate::group::{HealthCheck, Monitor, ServiceSpec};
+use crate::ids::ClusterId;
+use crate::state::{Admin, NodeInfo, Role};
+use crate::volume::{LegSpec, LegState};
+
+const A: NodeId = 1;
+const B: NodeId = 2;
+
+struct World {
+    state: ClusterState,
+    agent: Agent,
+    now: u64,
+    lease: bool,
+    runs: Vec<(u64, usize, OpKind)>,
+    events: Vec<Event>,
+    proposed: Vec<StateChange>,
+}
+
+fn node(id: NodeId, name: &str) -> NodeInfo {
+    NodeInfo {
+        id,
+        name: name.into(),
+        addr: "127.0.0.1:1".into(),
+        site: None,
+        role: Role::Voter,
+        admin: Admin::Online,
+    }
+}
+
+fn service() -> ResourceSpec {
+    ResourceSpec::Service {
+        service: ServiceSpec::Exec {
+            command: vec!["/usr/bin/srv".into()],
+            health: HealthCheck::ProcessAlive,
+        },
+        monitor: Monitor {
+            interval_ms: Some(1_000),
+            timeout_ms: None,
+        },
+    }
+}
+
+fn ip() -> ResourceSpec {
+    ResourceSpec::Ip {
+        cidr: "10.0.0.5/24".into(),
+        interface: None,
+        monitor: Monitor::default(),
+    }
+}
+
+impl World {
+    /// Nodes a and b, volume `db` with legs on both (both UpToDate), group `db`
+    /// (volume, ip, service) placed on `on`.
+    fn new(me: NodeId, on: NodeId) -> World {
+        let mut state = ClusterState::founded_by(ClusterId([3; 16]), node(A, "a"));
+        state.nodes.insert(B, node(B, "b"));
+        let legs = vec![
+            LegSpec {
+                nodes: vec![A],
+                path: "/l/a".into(),
+            },
+            LegSpec {
+                nodes: vec![B],
+                path: "/l/b".into(),
+            },
+        ];
+        let create = VolumeChange::Create {
+            name: "db".into(),
+            size: 1 << 20,
+            legs,
+        };
+        state.apply(&StateChange::Volume(create)).unwrap();
+        let volume = state.volume_by_name("db").unwrap().id;
+        let up = VolumeChange::SetLegState {
+            volume,
+            leg: 1,
+            state: LegState::UpToDate,
+            epoch: 0,
+        };
+        state.apply(&StateChange::Volume(up)).unwrap();
+        // The agent's first round (its clean-up after a daemon start) saw no groups.
+        let mut agent = Agent::new(me);
+        agent.tick(Inputs {
+            now: 0,
+            now_unix_ms: 1_700_000_000_000,
+            state: &state,
+            holds_lease: true,
+        });
+        assert!(agent.take_actions().is_empty());
+        let volume_res = ResourceSpec::Volume {
+            volume: "db".into(),
+            monitor: Monitor::default(),
+        };
+        let mut spec = GroupSpec::new("db", vec![volume_res, ip(), service()]);
+        spec.max_restarts = 2;
+        state
+            .apply(&StateChange::Group(GroupChange::Create { spec }))
+            .unwrap();
+        let place = GroupChange::Placed {
+            group: "db".into(),
+            node: Some(on),
+            epoch: 0,
+        };
+        state.apply(&StateChange::Group(place)).unwrap();
+        World {
+            state,
+            agent,
+            now: 1_000,
+            lease: true,
+            runs: Vec::new(),
+            events: Vec::new(),
+            proposed: Vec::new(),
+        }
+    }
+
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            now: self.now,
+            now_unix_ms: 1_700_000_000_000 + self.now,
+            state: &self.state,
+            holds_lease: self.lease,
+        }
+    }
+
+    /// Commits what the agent proposed (as the cluster would) and collects the rest.
+    fn collect(&mut self) {
+        for action in self.agent.take_actions() {
+            match action {
+                AgentAction::Run {
+                    op, index, kind, ..
+                } => self.runs.push((op, index, kind)),
+                AgentAction::Propose(change) => {
+                    self.proposed.push(change.clone());
+                    // Refusals are fine: the agent retries or the state says no.
+                    let _ = self.state.apply(&change);
+                }
+                AgentAction::Event(event) => self.events.push(event),
+            }
+        }
+    }
+
+    fn tick(&mut self, advance: u64) {
+        self.now += advance;
+        let inputs = Inputs {
+            now: self.now,
+            now_unix_ms: 1_700_000_000_000 + self.now,
+            state: &self.state,
+            holds_lease: self.lease,
+        };
+        self.agent.tick(inputs);
+        self.collect();
+    }
+
+    /// Completes the one operation in flight, which must be `kind` on `index`.
+    fn complete(&mut self, index: usize, kind: OpKind, outcome: Outcome) {
+        let (op, at, was) = self.runs.pop().expect("an operation in flight");
+        assert_eq!((at, was), (index, kind), "runs so far: {:?}", self.runs);
+        let inputs = Inputs {
+            now: self.now,
+            now_unix_ms: 1_700_000_000_000 + self.now,
+            state: &self.state,
+            holds_lease: self.lease,
+        };
+        self.agent.completed(inputs, op, outcome);
+        self.collect();
+    }
+
+    fn kinds(&self) -> Vec<EventKind> {
+        self.events.iter().map(|e| e.kind).collect()
+    }
+
+    fn group(&self) -> &crate::group::GroupStatus {
+        &self.state.groups["db"].status
+    }
+
+    fn primary(&self) -> Option<NodeId> {
+        self.state.volume_by_name("db").unwrap().primary
+    }
+
+    /// Acquire, promote, start ip and service, first monitors: the group is healthy.
+    fn start_all(&mut self) {
+        self.tick(10); // acquire committed
+        self.tick(10); // promotion committed
+        self.tick(10); // promoted: starts the ip
+        self.complete(1, OpKind::Start, Outcome::Running);
+        self.complete(2, OpKind::Start, Outcome::Running);
+        self.tick(10); // all started: monitors
+        self.complete(1, OpKind::Monitor, Outcome::Running);
+        self.tick(0);
+        self.complete(2, OpKind::Monitor, Outcome::Running);
+    }
+}
+
+#[test]
+fn a_placed_group_is_acquired_promoted_started_in_order_and_healthy() {
+    let mut world = World::new(A, A);
+    world.start_all();
+    assert_eq!(world.group().holder, Some(A));
+    assert_eq!(world.primary(), Some(A));
+    use EventKind::*;
+    assert_eq!(world.kinds(), vec![Promoted, Started, Healthy]);
+    assert!(world.runs.is_empty());
+}
+
+#[test]
+fn a_group_held_by_another_node_is_not_started() {
+    let mut world = World::new(B, A);
+    let acquire = GroupChange::Acquire {
+        group: "db".into(),
+        node: A,
+        epoch: 1,
+    };
+    world.state.apply(&StateChange::Group(acquire)).unwrap();
+    let place = GroupChange::Placed {
+        group: "db".into(),
+        node: Some(B),
+        epoch: 1,
+    };
+    world.state.apply(&StateChange::Group(place)).unwrap();
+    for _ in 0..5 {
+        world.tick(500);
+    }
+    assert!(world.runs.is_empty());
+    assert!(world.proposed.is_empty(), "{:?}", world.proposed);
+    // Once A released, B acquires and starts.
+    let release = GroupChange::Release {
+        group: "db".into(),
+        node: A,
+    };
+    world.state.apply(&StateChange::Group(release)).unwrap();
+    world.tick(10);
+    assert_eq!(world.group().holder, Some(B));
+}
+
+#[test]
+fn a_moved_group_stops_in_reverse_demotes_then_releases() {
+    let mut world = World::new(A, A);
+    world.start_all();
+    let epoch = world.group().epoch;
+    let place = GroupChange::Placed {
+        group: "db".into(),
+        node: Some(B),
+        epoch,
+    };
+    world.state.apply(&StateChange::Group(place)).unwrap();
+    world.tick(10);
+    world.complete(2, OpKind::Stop, Outcome::NotRunning);
+    world.complete(1, OpKind::Stop, Outcome::NotRunning);
+    assert_eq!(
+        world.primary(),
+        None,
+        "the demotion was proposed and committed"
+    );
+    world.tick(10);
+    assert_eq!(world.group().holder, None);
+    let kinds = world.kinds();
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        [EventKind::Demoted, EventKind::Stopped]
+    );
+}
+
+#[test]
+fn losing_the_lease_stops_everything_without_waiting_for_commits() {
+    let mut world = World::new(A, A);
+    world.start_all();
+    world.lease = false;
+    let proposals_before = world.proposed.len();
+    world.tick(10);
+    world.complete(2, OpKind::Stop, Outcome::NotRunning);
+    world.complete(1, OpKind::Stop, Outcome::NotRunning);
+    world.tick(10);
+    assert!(!world.agent.is_active("db"));
+    assert_eq!(
+        world.proposed.len(),
+        proposals_before,
+        "nothing proposed without a lease"
+    );
+    assert_eq!(world.primary(), Some(A), "no demotion could commit");
+    use EventKind::*;
+    assert!(world.kinds().ends_with(&[SelfFenced, Demoted, Stopped]));
+    // The lease returns while the group is still placed here: it starts again.
+    world.lease = true;
+    world.tick(10);
+    world.complete(1, OpKind::Start, Outcome::Running);
+    world.complete(2, OpKind::Start, Outcome::Running);
+}
+
+#[test]
+fn a_monitor_failure_restarts_from_the_failed_resource_then_gives_up() {
+    let mut world = World::new(A, A);
+    world.start_all();
+    for round in 0..2 {
+        // Only the service's 1 s monitor is due (the ip keeps the 10 s default).
+        world.tick(1_000);
+        world.complete(2, OpKind::Monitor, Outcome::Failed("exit 1".into()));
+        // Restart: only the service (the failed one) is stopped and started again.
+        world.complete(2, OpKind::Stop, Outcome::NotRunning);
+        world.complete(2, OpKind::Start, Outcome::Running);
+        let failures = world.group().failures.get(&A).map_or(0, Vec::len);
+        assert_eq!(failures, round + 1);
+        world.tick(10);
+        world.complete(1, OpKind::Monitor, Outcome::Running);
+        world.tick(0);
+        world.complete(2, OpKind::Monitor, Outcome::Running);
+        world.now += 1_000; // failures in distinct seconds
+    }
+    assert!(world.kinds().contains(&EventKind::Restarting));
+    // The third failure exceeds max_restarts = 2: quarantined here, the group stops.
+    world.tick(1_000);
+    world.complete(2, OpKind::Monitor, Outcome::NotRunning);
+    assert!(world.group().quarantined_until.contains_key(&A));
+    world.complete(2, OpKind::Stop, Outcome::NotRunning);
+    world.complete(1, OpKind::Stop, Outcome::NotRunning);
+    world.tick(10);
+    assert_eq!(world.group().holder, None, "released for another node");
+    assert!(world.kinds().contains(&EventKind::Failed));
+}
+
+#[test]
+fn a_fenced_primary_is_taken_over() {
+    let mut world = World::new(B, A);
+    // A ran the group and died; the leader fenced it and placed the group on B.
+    let acquire = GroupChange::Acquire {
+        group: "db".into(),
+        node: A,
+        epoch: 1,
+    };
+    world.state.apply(&StateChange::Group(acquire)).unwrap();
+    let volume = world.state.volume_by_name("db").unwrap().id;
+    let promote = VolumeChange::Promote {
+        volume,
+        node: A,
+        force: false,
+        takeover: false,
+    };
+    world.state.apply(&StateChange::Volume(promote)).unwrap();
+    world.tick(10);
+    assert!(world.proposed.is_empty(), "nothing while A holds the group");
+    let fence = GroupChange::Fence {
+        group: "db".into(),
+        node: A,
+    };
+    world.state.apply(&StateChange::Group(fence)).unwrap();
+    let place = GroupChange::Placed {
+        group: "db".into(),
+        node: Some(B),
+        epoch: 1,
+    };
+    world.state.apply(&StateChange::Group(place)).unwrap();
+    world.tick(10);
+    world.tick(10);
+    let takeover = world.proposed.iter().any(|change| {
+        matches!(
+            change,
+            StateChange::Volume(VolumeChange::Promote {
+                node: B,
+                takeover: true,
+                ..
+            })
+        )
+    });
+    assert!(takeover, "{:?}", world.proposed);
+    assert_eq!(world.primary(), Some(B));
+}
+
+#[test]
+fn an_unfenced_live_primary_is_never_taken_over() {
+    let mut world = World::new(B, B);
+    let volume = world.state.volume_by_name("db").unwrap().id;
+    let promote = VolumeChange::Promote {
+        volume,
+        node: A,
+        force: false,
+        takeover: false,
+    };
+    world.state.apply(&StateChange::Volume(promote)).unwrap();
+    world.tick(10);
+    world.tick(10);
+    assert_eq!(world.primary(), Some(A));
+    assert!(world
+        .events
+        .iter()
+        .any(|e| e.kind == EventKind::Failed && e.detail.contains("was not fenced")));
+}
+
+#[test]
+fn after_a_daemon_restart_left_overs_are_stopped_first() {
+    let mut world = World::new(A, A);
+    world.start_all();
+    // The daemon restarts: a new agent knows nothing of what runs.
+    world.agent = Agent::new(A);
+    world.runs.clear();
+    world.tick(10);
+    world.complete(2, OpKind::Stop, Outcome::NotRunning);
+    world.complete(1, OpKind::Stop, Outcome::NotRunning);
+    // The volume stayed primary here (it is committed state): no demote, straight restart.
+    assert_eq!(world.primary(), Some(A));
+    world.complete(1, OpKind::Start, Outcome::Running);
+    world.complete(2, OpKind::Start, Outcome::Running);
+    // Another node's agent restarting removes a left-over virtual IP of this group only.
+    let mut other = Agent::new(B);
+    other.tick(world.inputs());
+    let runs: Vec<(usize, OpKind)> = other
+        .take_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            AgentAction::Run { index, kind, .. } => Some((index, kind)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs, vec![(1, OpKind::Stop)]);
+}
+
+#[test]
+fn a_failed_stop_keeps_the_group_held_and_is_retried() {
+    let mut world = World::new(A, A);
+    world.start_all();
+    let epoch = world.group().epoch;
+    let place = GroupChange::Placed {
+        group: "db".into(),
+        node: Some(B),
+        epoch,
+    };
+    world.state.apply(&StateChange::Group(place)).unwrap();
+    world.tick(10);
+    world.complete(2, OpKind::Stop, Outcome::Failed("timed out".into()));
+    world.tick(1_000);
+    assert!(
+        world.runs.is_empty(),
+        "not retried before {STOP_RETRY_MS} ms"
+    );
+    assert_eq!(world.group().holder, Some(A));
+    world.tick(STOP_RETRY_MS);
+    world.complete(2, OpKind::Stop, Outcome::NotRunning);
+    world.complete(1, OpKind::Stop, Outcome::NotRunning);
+    world.tick(10);
+    assert_eq!(world.group().holder, None);
+}
