@@ -33,8 +33,14 @@ use crate::volume::{VolumeChange, VolumeInfo};
 
 /// A proposal not reflected in the state after this long is made again.
 pub const PROPOSAL_RETRY_MS: u64 = 2_000;
+/// A restart after a failure waits this long (a failure that repeats at once, such as a busy
+/// mount point, must not use up every restart within milliseconds).
+pub const RESTART_DELAY_MS: u64 = 1_000;
 /// A failed stop is tried again after this long.
 pub const STOP_RETRY_MS: u64 = 5_000;
+/// ... and after this long when the node has no lease (it must be stopped before the cluster
+/// moves its groups).
+pub const STOP_RETRY_NO_LEASE_MS: u64 = 100;
 /// A group that used up its restarts waits this long for its quarantine to commit before it
 /// is tried again (the failure record may have been lost in a leader change).
 pub const GIVE_UP_MS: u64 = 10_000;
@@ -69,6 +75,11 @@ pub enum AgentAction {
     },
     Propose(StateChange),
     Event(Event),
+    /// Abandon operation `op` (its outcome no longer matters): a start or monitor in flight
+    /// when the lease was lost must not delay self-fencing. The resource is stopped next.
+    Cancel {
+        op: u64,
+    },
 }
 
 /// What the agent knows of one resource here.
@@ -85,8 +96,9 @@ struct LocalGroup {
     /// The spec this node runs (a spec edited meanwhile applies once the group is stopped).
     spec: GroupSpec,
     res: Vec<Res>,
-    /// (op id, resource index, kind) in flight.
-    in_flight: Option<(u64, usize, OpKind)>,
+    /// (op id, resource index, kind) in flight: one at a time, except the stops of a node
+    /// that lost its lease, which all run at once (see [`Agent::self_fence`]).
+    in_flight: Vec<(u64, usize, OpKind)>,
     next_monitor: Vec<u64>,
     /// Restart from this resource once everything after it is stopped.
     restart_from: Option<usize>,
@@ -104,6 +116,8 @@ struct LocalGroup {
     was_running: bool,
     /// Only a cleanup after a daemon restart: the group is not ours, failures do not block.
     cleanup_only: bool,
+    /// After a failure: start nothing before this time.
+    restart_not_before: u64,
 }
 
 impl LocalGroup {
@@ -113,7 +127,7 @@ impl LocalGroup {
         LocalGroup {
             spec: spec.clone(),
             res: vec![res; count],
-            in_flight: None,
+            in_flight: Vec::new(),
             next_monitor: vec![0; count],
             restart_from: None,
             given_up_until: 0,
@@ -123,6 +137,7 @@ impl LocalGroup {
             awaiting_health: None,
             was_running: dirty,
             cleanup_only,
+            restart_not_before: 0,
         }
     }
 
@@ -151,6 +166,8 @@ pub struct Agent {
     actions: Vec<AgentAction>,
     started: bool,
     had_lease: bool,
+    /// The daemon is stopping: every group is stopped and released here.
+    stopping: bool,
 }
 
 impl Agent {
@@ -162,7 +179,28 @@ impl Agent {
             actions: Vec::new(),
             started: false,
             had_lease: false,
+            stopping: false,
         }
+    }
+
+    /// The daemon is stopping: stop every group here (in reverse order) and release it, so
+    /// another node may take it at once instead of after the failover timeout.
+    pub fn shut_down(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Whether nothing runs here any more and no group is still held by this node (or it can
+    /// no longer release one: no lease).
+    pub fn is_quiet(&self, state: &ClusterState, holds_lease: bool) -> bool {
+        let stopped = self
+            .groups
+            .values()
+            .all(|local| local.all_stopped() && local.in_flight.is_empty());
+        let holds_any = state
+            .groups
+            .values()
+            .any(|group| group.status.holder == Some(self.me));
+        stopped && (!holds_any || !holds_lease)
     }
 
     /// What the agent wants done since the last call.
@@ -184,7 +222,8 @@ impl Agent {
         self.notice_lease(inputs);
         self.had_lease = inputs.holds_lease;
         for (name, group) in &inputs.state.groups {
-            if !self.groups.contains_key(name) && self.wants(inputs, group) {
+            let held_here = group.status.holder == Some(self.me);
+            if !self.groups.contains_key(name) && (held_here || self.wants(inputs, group)) {
                 let local = LocalGroup::new(&group.spec, false, false);
                 self.groups.insert(name.clone(), local);
             }
@@ -200,21 +239,23 @@ impl Agent {
         let Some((name, local)) = self
             .groups
             .iter_mut()
-            .find(|(_, g)| g.in_flight.is_some_and(|(id, _, _)| id == op))
+            .find(|(_, g)| g.in_flight.iter().any(|&(id, _, _)| id == op))
         else {
             return;
         };
         let name = name.clone();
-        let Some((_, index, kind)) = local.in_flight.take() else {
+        let Some(position) = local.in_flight.iter().position(|&(id, _, _)| id == op) else {
             return;
         };
+        let (_, index, kind) = local.in_flight.remove(position);
         match (kind, outcome) {
             (OpKind::Start, Outcome::Running) => {
                 local.res[index] = Res::Started;
                 local.next_monitor[index] = inputs.now + monitor_interval(&local.spec, index);
             }
             (OpKind::Stop, Outcome::NotRunning | Outcome::Running) => {
-                local.res[index] = Res::Stopped
+                local.res[index] = Res::Stopped;
+                local.stop_retry_at = 0;
             }
             (OpKind::Monitor, Outcome::Running) => self.monitor_passed(inputs, &name, index),
             (OpKind::Stop, Outcome::Failed(why)) => self.stop_failed(inputs, &name, index, why),
@@ -232,6 +273,7 @@ impl Agent {
             .get(&group.spec.name)
             .is_some_and(|local| local.given_up_until > inputs.now);
         inputs.holds_lease
+            && !self.stopping
             && group.spec.enabled
             && status.node == Some(self.me)
             && status.quarantine_of(self.me, now_unix).is_none()
@@ -268,6 +310,15 @@ impl Agent {
     }
 
     fn notice_lease(&mut self, inputs: Inputs<'_>) {
+        if !inputs.holds_lease {
+            self.cancel_starts_and_monitors();
+        }
+        if self.had_lease && !inputs.holds_lease {
+            // A stop that failed with a lease waits 5 s to be retried; now it may not wait.
+            for local in self.groups.values_mut() {
+                local.stop_retry_at = local.stop_retry_at.min(inputs.now);
+            }
+        }
         if self.had_lease && !inputs.holds_lease {
             let active: Vec<String> = self
                 .groups
@@ -285,12 +336,31 @@ impl Agent {
         }
     }
 
+    /// Without a lease nothing may delay the stops: a start or monitor in flight (which may
+    /// hang until its timeout) is abandoned and its resource counted as possibly running.
+    fn cancel_starts_and_monitors(&mut self) {
+        for local in self.groups.values_mut() {
+            let (abandon, keep): (Vec<_>, Vec<_>) = local
+                .in_flight
+                .drain(..)
+                .partition(|&(_, _, kind)| kind != OpKind::Stop);
+            local.in_flight = keep;
+            for (op, index, _) in abandon {
+                local.res[index] = Res::Dirty;
+                self.actions.push(AgentAction::Cancel { op });
+            }
+        }
+    }
+
     /// The next step for one group, if nothing is in flight for it.
     fn step_group(&mut self, inputs: Inputs<'_>, name: &str) {
         let Some(local) = self.groups.get(name) else {
             return;
         };
-        if local.in_flight.is_some() {
+        if !inputs.holds_lease && !local.cleanup_only {
+            return self.self_fence(inputs, name);
+        }
+        if !local.in_flight.is_empty() {
             return;
         }
         let committed = inputs.state.groups.get(name);
@@ -299,6 +369,31 @@ impl Agent {
             self.run_wanted(inputs, name);
         } else {
             self.wind_down(inputs, name);
+        }
+    }
+
+    /// Without a lease: every resource that may run is stopped at once, not one after the
+    /// other, because all of them must be down before the leader's failover timeout runs out
+    /// (`failover_timeout - lease_timeout` after the lease lapsed). The volume is no process:
+    /// the write path already refuses writes without a lease. What is left afterwards (the
+    /// Stopped event, the release once the lease is back) is [`Agent::wind_down`]'s.
+    fn self_fence(&mut self, inputs: Inputs<'_>, name: &str) {
+        let Some(local) = self.groups.get(name) else {
+            return;
+        };
+        if local.stop_retry_at > inputs.now {
+            return;
+        }
+        let busy: Vec<usize> = local.in_flight.iter().map(|&(_, index, _)| index).collect();
+        let to_stop: Vec<usize> = (0..local.res.len())
+            .rev()
+            .filter(|&index| local.res[index] != Res::Stopped && !busy.contains(&index))
+            .collect();
+        if to_stop.is_empty() && busy.is_empty() {
+            return self.wind_down(inputs, name);
+        }
+        for index in to_stop {
+            self.stop_resource(inputs, name, index);
         }
     }
 
@@ -333,6 +428,11 @@ impl Agent {
         }
         let holder = inputs.state.groups.get(name).and_then(|g| g.status.holder);
         if holder == Some(self.me) && inputs.holds_lease {
+            // A promotion may have committed after the volume resource was stopped (or a
+            // self-fenced node could not demote): demote before letting another node in.
+            if let Some(demote) = self.demotion_left(inputs, name) {
+                return self.propose(inputs, name, demote);
+            }
             let release = GroupChange::Release {
                 group: name.to_string(),
                 node: self.me,
@@ -347,6 +447,18 @@ impl Agent {
         if holder != Some(self.me) && !keep {
             self.groups.remove(name);
         }
+    }
+
+    /// A demotion of a volume of group `name` that the committed state still has primary here.
+    fn demotion_left(&self, inputs: Inputs<'_>, name: &str) -> Option<StateChange> {
+        let local = self.groups.get(name)?;
+        local.spec.volumes().into_iter().find_map(|volume| {
+            let info = inputs.state.volume_by_name(volume)?;
+            (info.primary == Some(self.me)).then_some(StateChange::Volume(VolumeChange::Demote {
+                volume: info.id,
+                epoch: info.epoch,
+            }))
+        })
     }
 
     /// The group should run here: acquire it, start what is stopped, monitor what runs.
@@ -384,6 +496,9 @@ impl Agent {
             }
         }
         if let Some(index) = local.res.iter().position(|&r| r == Res::Stopped) {
+            if local.restart_not_before > inputs.now {
+                return;
+            }
             return self.start_resource(inputs, name, index);
         }
         self.all_started(inputs, name);
@@ -429,7 +544,7 @@ impl Agent {
     }
 
     /// What it takes to make this node the primary of `volume` for group `name`.
-    fn promotion(
+    pub(crate) fn promotion(
         &self,
         inputs: Inputs<'_>,
         name: &str,
@@ -613,6 +728,7 @@ impl Agent {
         } else {
             local.restart_from = Some(index);
             local.was_running = false;
+            local.restart_not_before = inputs.now + RESTART_DELAY_MS;
             let detail = format!(
                 "restart {} of {} from resource {index}",
                 earlier + 1,
@@ -635,20 +751,32 @@ impl Agent {
             return self.event(inputs, Some(name), EventKind::Failed, detail);
         }
         local.res[index] = Res::Dirty;
-        local.stop_retry_at = inputs.now + STOP_RETRY_MS;
+        // Without a lease the node must be stopped by the failover timeout: retry at once.
+        let wait = if inputs.holds_lease {
+            STOP_RETRY_MS
+        } else {
+            STOP_RETRY_NO_LEASE_MS
+        };
+        local.stop_retry_at = inputs.now + wait;
         let detail = format!(
             "stop of resource {index} ({resource}) failed: {why}; the group stays held by \
-             this node, tried again in {} s",
-            STOP_RETRY_MS / 1000
+             this node, tried again in {wait} ms"
         );
         self.event(inputs, Some(name), EventKind::Failed, detail);
     }
 
     fn run(&mut self, name: &str, index: usize, kind: OpKind, spec: ResourceSpec) {
+        let busy = self
+            .groups
+            .get(name)
+            .is_some_and(|local| local.in_flight.iter().any(|&(_, at, _)| at == index));
+        if busy {
+            return; // never two operations at once on one resource
+        }
         let op = self.next_op;
         self.next_op += 1;
         if let Some(local) = self.groups.get_mut(name) {
-            local.in_flight = Some((op, index, kind));
+            local.in_flight.push((op, index, kind));
         }
         self.actions.push(AgentAction::Run {
             op,

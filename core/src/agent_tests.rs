@@ -18,6 +18,7 @@ struct World {
     runs: Vec<(u64, usize, OpKind)>,
     events: Vec<Event>,
     proposed: Vec<StateChange>,
+    cancelled: Vec<u64>,
 }
 
 fn node(id: NodeId, name: &str) -> NodeInfo {
@@ -114,6 +115,7 @@ impl World {
             runs: Vec::new(),
             events: Vec::new(),
             proposed: Vec::new(),
+            cancelled: Vec::new(),
         }
     }
 
@@ -139,6 +141,10 @@ impl World {
                     let _ = self.state.apply(&change);
                 }
                 AgentAction::Event(event) => self.events.push(event),
+                AgentAction::Cancel { op } => {
+                    self.cancelled.push(op);
+                    self.runs.retain(|(id, ..)| *id != op);
+                }
             }
         }
     }
@@ -157,8 +163,12 @@ impl World {
 
     /// Completes the one operation in flight, which must be `kind` on `index`.
     fn complete(&mut self, index: usize, kind: OpKind, outcome: Outcome) {
-        let (op, at, was) = self.runs.pop().expect("an operation in flight");
-        assert_eq!((at, was), (index, kind), "runs so far: {:?}", self.runs);
+        let position = self
+            .runs
+            .iter()
+            .position(|&(_, at, was)| (at, was) == (index, kind))
+            .unwrap_or_else(|| panic!("no {kind:?} of {index} in flight: {:?}", self.runs));
+        let (op, ..) = self.runs.remove(position);
         let inputs = Inputs {
             now: self.now,
             now_unix_ms: 1_700_000_000_000 + self.now,
@@ -271,8 +281,10 @@ fn losing_the_lease_stops_everything_without_waiting_for_commits() {
     world.lease = false;
     let proposals_before = world.proposed.len();
     world.tick(10);
-    world.complete(2, OpKind::Stop, Outcome::NotRunning);
+    // Both stops run at once: the failover timeout does not wait for them one by one.
+    assert_eq!(world.runs.len(), 2, "{:?}", world.runs);
     world.complete(1, OpKind::Stop, Outcome::NotRunning);
+    world.complete(2, OpKind::Stop, Outcome::NotRunning);
     world.tick(10);
     assert!(!world.agent.is_active("db"));
     assert_eq!(
@@ -298,8 +310,14 @@ fn a_monitor_failure_restarts_from_the_failed_resource_then_gives_up() {
         // Only the service's 1 s monitor is due (the ip keeps the 10 s default).
         world.tick(1_000);
         world.complete(2, OpKind::Monitor, Outcome::Failed("exit 1".into()));
-        // Restart: only the service (the failed one) is stopped and started again.
+        // Restart: only the service (the failed one) is stopped and started again, after
+        // the restart delay.
         world.complete(2, OpKind::Stop, Outcome::NotRunning);
+        assert!(
+            world.runs.is_empty(),
+            "no start before {RESTART_DELAY_MS} ms"
+        );
+        world.tick(RESTART_DELAY_MS);
         world.complete(2, OpKind::Start, Outcome::Running);
         let failures = world.group().failures.get(&A).map_or(0, Vec::len);
         assert_eq!(failures, round + 1);
@@ -382,10 +400,16 @@ fn an_unfenced_live_primary_is_never_taken_over() {
     world.tick(10);
     world.tick(10);
     assert_eq!(world.primary(), Some(A));
-    assert!(world
-        .events
-        .iter()
-        .any(|e| e.kind == EventKind::Failed && e.detail.contains("was not fenced")));
+    // The cluster refuses B's acquire while A, not fenced, is primary: nothing starts.
+    assert_eq!(world.group().holder, None);
+    assert!(world.runs.is_empty());
+    let takeover = world.proposed.iter().any(|change| {
+        matches!(
+            change,
+            StateChange::Volume(VolumeChange::Promote { node: B, .. })
+        )
+    });
+    assert!(!takeover, "{:?}", world.proposed);
 }
 
 #[test]
@@ -440,4 +464,82 @@ fn a_failed_stop_keeps_the_group_held_and_is_retried() {
     world.complete(1, OpKind::Stop, Outcome::NotRunning);
     world.tick(10);
     assert_eq!(world.group().holder, None);
+}
+
+#[test]
+fn a_start_in_flight_is_abandoned_when_the_lease_is_lost() {
+    let mut world = World::new(A, A);
+    world.tick(10); // acquire
+    world.tick(10); // promote
+    world.tick(10); // starts the ip
+    assert_eq!(
+        world.runs.last().map(|r| (r.1, r.2)),
+        Some((1, OpKind::Start))
+    );
+    world.lease = false;
+    world.tick(10);
+    assert_eq!(
+        world.cancelled.len(),
+        1,
+        "the hung start is abandoned at once"
+    );
+    // The abandoned resource may be running: it is stopped without waiting.
+    world.complete(1, OpKind::Stop, Outcome::NotRunning);
+    world.tick(10);
+    assert!(!world.agent.is_active("db"));
+}
+
+#[test]
+fn a_promotion_that_commits_after_the_group_moved_is_demoted_before_release() {
+    let mut world = World::new(A, A);
+    world.tick(10); // acquire committed
+                    // The promotion is proposed but commits only after the group was placed elsewhere.
+    let promote = world
+        .agent
+        .promotion(world.inputs(), "db", "db")
+        .unwrap()
+        .unwrap();
+    let epoch = world.group().epoch;
+    let place = GroupChange::Placed {
+        group: "db".into(),
+        node: Some(B),
+        epoch,
+    };
+    world.state.apply(&StateChange::Group(place)).unwrap();
+    world.state.apply(&promote).unwrap();
+    assert_eq!(world.primary(), Some(A));
+    world.tick(10);
+    world.tick(10);
+    assert_eq!(world.primary(), None, "demoted before releasing");
+    world.tick(10);
+    assert_eq!(world.group().holder, None);
+}
+
+#[test]
+fn an_acquire_that_commits_after_the_agent_dropped_the_group_is_released() {
+    let mut world = World::new(A, B);
+    // An acquire by A that committed late (the group had been placed on A back then).
+    world.state.groups.get_mut("db").unwrap().status.holder = Some(A);
+    world.tick(10);
+    assert_eq!(world.group().holder, None, "A released what it never ran");
+}
+
+#[test]
+fn a_stopping_daemon_stops_demotes_and_releases_its_groups() {
+    let mut world = World::new(A, A);
+    world.start_all();
+    assert!(!world.agent.is_quiet(&world.state, true));
+    world.agent.shut_down();
+    world.tick(10);
+    world.complete(2, OpKind::Stop, Outcome::NotRunning);
+    world.complete(1, OpKind::Stop, Outcome::NotRunning);
+    world.tick(10);
+    world.tick(10);
+    assert_eq!(world.primary(), None);
+    assert_eq!(
+        world.group().holder,
+        None,
+        "released: another node may start it at once"
+    );
+    assert!(world.agent.is_quiet(&world.state, true));
 }

@@ -41,8 +41,11 @@ pub struct Pong {
     pub seq: u64,
     /// The responder's Raft term; only same-term answers count toward a lease.
     pub term: u64,
-    /// The responder is leader of `term` and holds the leader lease: it grants a node lease.
+    /// The responder is leader of `term`, confirmed by a quorum and with an entry of its term
+    /// committed: it grants a node lease.
     pub leader_with_lease: bool,
+    /// The responder's commit index: the lease takes effect once the pinger applied it.
+    pub commit: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -105,7 +108,12 @@ pub fn encode(cluster: ClusterId, frame: &Frame) -> Vec<u8> {
         ),
         PeerMessage::Pong(pong) => (
             KIND_PONG,
-            words(&[pong.seq, pong.term, pong.leader_with_lease as u64]),
+            words(&[
+                pong.seq,
+                pong.term,
+                pong.leader_with_lease as u64,
+                pong.commit,
+            ]),
         ),
         PeerMessage::Evicted => (KIND_EVICTED, Vec::new()),
         PeerMessage::OpenReplication { volume } => {
@@ -211,7 +219,7 @@ fn decode_payload(
             }))
         }
         KIND_PONG => {
-            let [seq, term, flag] = read_words("pong", payload)?;
+            let [seq, term, flag, commit] = read_words("pong", payload)?;
             if flag > 1 {
                 return Err(FrameError::BadPayload {
                     kind: "pong",
@@ -222,6 +230,7 @@ fn decode_payload(
                 seq,
                 term,
                 leader_with_lease: flag == 1,
+                commit,
             }))
         }
         KIND_EVICTED if payload.is_empty() => Ok(PeerMessage::Evicted),
@@ -249,14 +258,16 @@ fn words(values: &[u64]) -> Vec<u8> {
         .collect()
 }
 
-fn read_words(kind: &'static str, payload: &[u8]) -> Result<[u64; 3], FrameError> {
-    if payload.len() != 24 {
+fn read_words<const N: usize>(kind: &'static str, payload: &[u8]) -> Result<[u64; N], FrameError> {
+    if payload.len() != N * 8 {
         return Err(FrameError::BadPayload {
             kind,
-            reason: format!("{} bytes, expected 24", payload.len()),
+            reason: format!("{} bytes, expected {}", payload.len(), N * 8),
         });
     }
-    Ok([0, 1, 2].map(|at| u64::from_be_bytes(array(&payload[at * 8..at * 8 + 8]))))
+    Ok(std::array::from_fn(|at| {
+        u64::from_be_bytes(array(&payload[at * 8..at * 8 + 8]))
+    }))
 }
 
 fn array<const N: usize>(slice: &[u8]) -> [u8; N] {
@@ -299,6 +310,7 @@ mod tests {
                     seq: 1,
                     term: 2,
                     leader_with_lease: true,
+                    commit: 9,
                 }),
             },
             Frame {

@@ -484,6 +484,23 @@ pub enum GroupError {
         node: NodeId,
         epoch: u64,
     },
+    #[error(
+        "group {group} cannot be released by node {node}: it is still primary of volume {volume}"
+    )]
+    StillPrimary {
+        group: String,
+        volume: String,
+        node: NodeId,
+    },
+    #[error(
+        "group {group} cannot be acquired: volume {volume} is primary on node {primary}, which \
+         was not fenced"
+    )]
+    PrimaryElsewhere {
+        group: String,
+        volume: String,
+        primary: NodeId,
+    },
     #[error("group {group} is not held by node {node}")]
     NotHolder { group: String, node: NodeId },
     #[error("stale placement of group {group}: decided at epoch {given}, the group is at epoch {current}")]
@@ -787,6 +804,9 @@ pub(crate) fn apply(state: &mut ClusterState, change: &GroupChange) -> Result<St
         }
         GroupChange::Acquire { group, node, epoch } => acquire(state, group, *node, *epoch),
         GroupChange::Release { group, node } | GroupChange::Fence { group, node } => {
+            if matches!(change, GroupChange::Release { .. }) {
+                still_primary(state, group, *node)?;
+            }
             let status = &mut group_mut(state, group)?.status;
             if status.holder != Some(*node) {
                 let (group, node) = (group.clone(), *node);
@@ -824,6 +844,50 @@ pub(crate) fn apply(state: &mut ClusterState, change: &GroupChange) -> Result<St
     }
 }
 
+/// A node releases a group only after demoting its volumes (a promotion that committed late
+/// must be undone first, or the next holder could never promote).
+fn still_primary(state: &ClusterState, group: &str, node: NodeId) -> Result<(), GroupError> {
+    let spec = &state
+        .groups
+        .get(group)
+        .ok_or_else(|| GroupError::NoSuchGroup(group.to_string()))?
+        .spec;
+    for volume in spec.volumes() {
+        if state
+            .volume_by_name(volume)
+            .is_some_and(|info| info.primary == Some(node))
+        {
+            return Err(GroupError::StillPrimary {
+                group: group.to_string(),
+                volume: volume.to_string(),
+                node,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A node acquires a group only while each of its volumes is primary nowhere, on itself, or on
+/// the node the leader fenced (a takeover): never while another live writer has it.
+fn primary_elsewhere(state: &ClusterState, group: &str, node: NodeId) -> Result<(), GroupError> {
+    let status_and_spec = state
+        .groups
+        .get(group)
+        .ok_or_else(|| GroupError::NoSuchGroup(group.to_string()))?;
+    let fenced = status_and_spec.status.fenced;
+    for volume in status_and_spec.spec.volumes() {
+        let primary = state.volume_by_name(volume).and_then(|info| info.primary);
+        if let Some(primary) = primary.filter(|&p| p != node && Some(p) != fenced) {
+            return Err(GroupError::PrimaryElsewhere {
+                group: group.to_string(),
+                volume: volume.to_string(),
+                primary,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `node` takes the group it is placed on, once nobody else holds it.
 fn acquire(
     state: &mut ClusterState,
@@ -831,6 +895,7 @@ fn acquire(
     node: NodeId,
     epoch: u64,
 ) -> Result<String, GroupError> {
+    primary_elsewhere(state, group, node)?;
     let status = &mut group_mut(state, group)?.status;
     if status.node != Some(node) || status.epoch != epoch {
         let group = group.to_string();
@@ -1080,6 +1145,20 @@ mod tests {
             "a stale epoch is refused"
         );
         apply(&mut state, &acquire(1, 1)).unwrap();
+        // Its volume is promoted only on the holder, whatever was proposed before.
+        let volume = state.volume_by_name("db").unwrap().id;
+        let promote = StateChange::Volume(crate::volume::VolumeChange::Promote {
+            volume,
+            node: 2,
+            force: false,
+            takeover: false,
+        });
+        let refused = state.validate(&promote).unwrap_err();
+        assert!(refused.to_string().contains("node 1 holds"), "{refused}");
+        // A duplicated proposal is applied once.
+        assert!(state.first_time(2, 77));
+        assert!(!state.first_time(2, 77));
+        assert!(state.first_time(3, 77));
         // Placed elsewhere while node 1 still holds it: nobody else may acquire it.
         state.groups.get_mut("web").unwrap().status.node = Some(2);
         let held = apply(&mut state, &acquire(2, 1)).unwrap_err();

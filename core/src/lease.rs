@@ -126,6 +126,15 @@ impl LeaseTracker {
             .map_or(0, |(_, until)| until.saturating_sub(now))
     }
 
+    /// How long the quorum confirmation of `term` still runs, blackout or not: what a new
+    /// leader may grant node leases on (see `NodeCore::grants_node_leases`).
+    pub fn leader_confirmed_remaining(&self, now: u64, term: u64) -> u64 {
+        match self.leader_lease {
+            Some((lease_term, until)) if lease_term == term => until.saturating_sub(now),
+            _ => 0,
+        }
+    }
+
     pub fn node_lease_remaining(&self, now: u64) -> u64 {
         self.node_lease_until.saturating_sub(now)
     }

@@ -33,6 +33,8 @@ use crate::timing::Timing;
 
 /// After a stall, do not replay more Raft ticks than this in one call.
 const MAX_TICKS_PER_CALL: u64 = 40;
+/// Node leases waiting for their commit index to be applied (one per answered ping round).
+const MAX_PENDING_LEASES: usize = 16;
 /// How many of the newest timeline events `status` shows.
 const RECENT_EVENTS: usize = 8;
 /// Bound on ready rounds handled per input (raft-rs converges in a few).
@@ -168,6 +170,13 @@ pub struct NodeCore {
     /// (term, when): the first moment this node held its leader lease in that term. Nodes it
     /// has not heard from since count as gone from then on (see [`NodeCore::liveness`]).
     leader_lease_since: Option<(u64, u64)>,
+    /// A node lease granted by the leader but not in force yet: (until, the leader's commit
+    /// index then). It takes effect once this node applied that index, so a node never acts
+    /// on a state older than what the leader had committed when it granted the lease.
+    pending_node_leases: VecDeque<(u64, u64)>,
+    /// The term in which this node, as leader, applied everything committed at the start of
+    /// its term; its own node lease counts from then.
+    leader_caught_up_term: u64,
     /// (leader, term) of the last leader other than this node that it saw.
     last_other_leader: Option<(NodeId, u64)>,
     /// The leader of the term right before this node's own, if it saw one: that node's
@@ -269,6 +278,8 @@ impl NodeCore {
             snapshots_sent: Vec::new(),
             leader_lease_since: None,
             last_other_leader: None,
+            pending_node_leases: VecDeque::new(),
+            leader_caught_up_term: 0,
             previous_leader: None,
             #[cfg(feature = "mutations")]
             mutations: Mutations::default(),
@@ -359,13 +370,46 @@ impl NodeCore {
         self.lease_remaining(now) > 0
     }
 
+    /// How long this node may still act alone. A leader's own node lease is its quorum
+    /// confirmation, counted once it has applied what was committed when its term began; a
+    /// new leader's blackout holds back only its *leader* lease (its decisions about other
+    /// nodes), so a leader change does not stop every node's services.
     fn lease_remaining(&self, now: u64) -> u64 {
         if self.removed {
-            0
-        } else if self.is_leader() {
-            self.leases.leader_lease_remaining(now, self.term())
+            return 0;
+        }
+        let granted = self.leases.node_lease_remaining(now);
+        if self.is_leader() && self.leader_caught_up_term == self.term() {
+            granted.max(self.leases.leader_confirmed_remaining(now, self.term()))
         } else {
-            self.leases.node_lease_remaining(now)
+            granted
+        }
+    }
+
+    /// Whether this node, as leader, grants node leases: a quorum confirmed it in its term
+    /// and an entry of its term is committed (so its commit index covers everything earlier
+    /// leaders committed, and a node that applied it has seen every placement and fence).
+    fn grants_node_leases(&self, now: u64) -> bool {
+        self.is_leader()
+            && self.raw.raft.commit_to_current_term()
+            && self.leases.leader_confirmed_remaining(now, self.term()) > 0
+    }
+
+    /// Puts a pending node lease in force once its commit index is applied, and notes when a
+    /// leader has caught up with its term.
+    fn settle_leases(&mut self) {
+        let (applied, now) = (self.applied, self.now);
+        for &(until, commit) in &self.pending_node_leases {
+            if applied >= commit {
+                self.leases.extend_node_lease(until);
+            }
+        }
+        self.pending_node_leases
+            .retain(|&(until, commit)| applied < commit && until > now);
+        let caught_up = self.raw.raft.commit_to_current_term()
+            && self.applied >= self.raw.raft.raft_log.committed;
+        if self.is_leader() && caught_up {
+            self.leader_caught_up_term = self.term();
         }
     }
 
@@ -729,7 +773,8 @@ impl NodeCore {
         let pong = Pong {
             seq: ping.seq,
             term: self.term(),
-            leader_with_lease: self.holds_leader_lease(self.now),
+            leader_with_lease: self.grants_node_leases(self.now),
+            commit: self.commit_index(),
         };
         self.send(from, PeerMessage::Pong(pong));
     }
@@ -761,7 +806,11 @@ impl NodeCore {
             self.leases.extend_leader_lease(round_term, until);
         }
         if pong.leader_with_lease {
-            self.leases.extend_node_lease(until);
+            while self.pending_node_leases.len() >= MAX_PENDING_LEASES {
+                self.pending_node_leases.pop_front();
+            }
+            self.pending_node_leases.push_back((until, pong.commit));
+            self.settle_leases();
         }
     }
 
@@ -794,6 +843,7 @@ impl NodeCore {
             }
             self.handle_ready();
         }
+        self.settle_leases();
         self.choose_election_timeout();
         self.notice_role_change();
     }
@@ -973,6 +1023,14 @@ impl NodeCore {
             ));
             return;
         };
+        if !self.state.first_time(proposal.origin, proposal.request) {
+            // The network delivered a forwarded proposal twice; its first copy was applied
+            // and answered.
+            return self.note(format!(
+                "entry {} repeats request {} of node {}; applied once",
+                self.applied, proposal.request, proposal.origin
+            ));
+        }
         let expected = conf_change_for(&self.state, &proposal.change);
         let outcome = if expected != conf_change {
             Err("the membership change does not match its proposal".to_string())

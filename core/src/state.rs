@@ -107,7 +107,14 @@ pub struct ClusterState {
     /// The failover timeline (the newest events).
     #[serde(default)]
     pub timeline: Timeline,
+    /// The newest request numbers applied per proposing node: a proposal the network
+    /// delivered twice (a duplicated forward) commits twice but is applied once.
+    #[serde(default)]
+    pub recent_requests: BTreeMap<NodeId, std::collections::VecDeque<u64>>,
 }
+
+/// How many request numbers per node [`ClusterState::recent_requests`] remembers.
+pub const RECENT_REQUESTS: usize = 256;
 
 fn first_volume_id() -> VolumeId {
     1
@@ -163,6 +170,15 @@ pub enum ApplyError {
          standby`), then remove the node"
     )]
     RunsGroup { node: NodeId, group: String },
+    #[error(
+        "volume {volume} belongs to group {group}, which node {holder} holds: it is promoted \
+         only there (move the group instead)"
+    )]
+    HeldByGroup {
+        volume: String,
+        group: String,
+        holder: NodeId,
+    },
     #[error(transparent)]
     Volume(#[from] VolumeError),
     #[error(transparent)]
@@ -203,7 +219,21 @@ impl ClusterState {
             next_volume_id: first_volume_id(),
             groups: BTreeMap::new(),
             timeline: Timeline::default(),
+            recent_requests: BTreeMap::new(),
         }
+    }
+
+    /// Whether request `request` of node `origin` was applied already; remembers it if not.
+    pub fn first_time(&mut self, origin: NodeId, request: u64) -> bool {
+        let seen = self.recent_requests.entry(origin).or_default();
+        if seen.contains(&request) {
+            return false;
+        }
+        if seen.len() >= RECENT_REQUESTS {
+            seen.pop_front();
+        }
+        seen.push_back(request);
+        true
     }
 
     /// The state of a brand-new cluster whose only member is `first`.
@@ -315,6 +345,26 @@ impl ClusterState {
         }
     }
 
+    /// A volume of a group that a node holds is promoted only there: a promotion proposed
+    /// before its node released the group must not commit after another node acquired it.
+    fn check_group_holder(&self, volume: VolumeId, node: NodeId) -> Result<(), ApplyError> {
+        let Some(info) = self.volumes.get(&volume) else {
+            return Ok(());
+        };
+        let held = self.groups.values().find(|group| {
+            group.status.holder.is_some_and(|holder| holder != node)
+                && group.spec.volumes().contains(&info.name.as_str())
+        });
+        match held {
+            Some(group) => Err(ApplyError::HeldByGroup {
+                volume: info.name.clone(),
+                group: group.spec.name.clone(),
+                holder: group.status.holder.unwrap_or_default(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub fn volume_by_name(&self, name: &str) -> Option<&VolumeInfo> {
         self.volumes.values().find(|volume| volume.name == name)
     }
@@ -371,12 +421,15 @@ impl ClusterState {
                 node,
                 force,
                 takeover,
-            } => Ok(volume::promote(
-                self.volume_mut(*volume)?,
-                *node,
-                *force,
-                *takeover,
-            )?),
+            } => {
+                self.check_group_holder(*volume, *node)?;
+                Ok(volume::promote(
+                    self.volume_mut(*volume)?,
+                    *node,
+                    *force,
+                    *takeover,
+                )?)
+            }
             VolumeChange::Demote { volume, epoch } => {
                 let info = self.volume_mut(*volume)?;
                 if *epoch != info.epoch {

@@ -42,6 +42,8 @@ pub struct AgentHost {
     placer: Placer,
     /// Idle runners, kept between operations (an `exec` runner owns its child).
     runners: HashMap<(String, usize), Runner>,
+    /// Operations in flight, to abort one the agent abandons.
+    tasks: HashMap<u64, tokio::task::AbortHandle>,
     done: mpsc::Sender<Completion>,
     pending_events: VecDeque<Event>,
     /// When events were last proposed, and whether new ones arrived since.
@@ -58,6 +60,7 @@ impl AgentHost {
             agent: Agent::new(me),
             placer: Placer::new(),
             runners: HashMap::new(),
+            tasks: HashMap::new(),
             done,
             pending_events: VecDeque::new(),
             events_flushed_at: 0,
@@ -95,6 +98,7 @@ impl AgentHost {
 
     /// A resource operation finished: tell the agent; the changes to propose.
     pub fn completed(&mut self, core: &NodeCore, now: u64, done: Completion) -> Vec<StateChange> {
+        self.tasks.remove(&done.op);
         if let Some(runner) = done.runner {
             self.runners
                 .insert((done.group.clone(), done.index), runner);
@@ -123,6 +127,13 @@ impl AgentHost {
                 } => self.run(core, op, group, index, kind, spec),
                 AgentAction::Propose(change) => proposals.push(change),
                 AgentAction::Event(event) => self.record_event(event),
+                AgentAction::Cancel { op } => {
+                    // The runner goes with the task; the next operation makes a new one
+                    // (an exec service is found again through its pid file).
+                    if let Some(task) = self.tasks.remove(&op) {
+                        task.abort();
+                    }
+                }
             }
         }
     }
@@ -145,7 +156,7 @@ impl AgentHost {
             image: image_of(&self.state_dir, &spec, core),
         };
         let done = self.done.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (outcome, runner) = operate(runner, spec, context, kind).await;
             let completion = Completion {
                 op,
@@ -157,6 +168,7 @@ impl AgentHost {
             // The daemon is stopping when nobody listens; nothing is left to report to.
             let _ = done.send(completion).await;
         });
+        self.tasks.insert(op, task.abort_handle());
     }
 
     fn record_event(&mut self, event: Event) {
@@ -193,6 +205,17 @@ impl AgentHost {
         proposals.push(StateChange::Events { events });
         self.events_flushed_at = now;
         self.new_events = false;
+    }
+
+    /// The daemon is stopping: the agent stops and releases every group here.
+    pub fn shut_down(&mut self) {
+        self.agent.shut_down();
+    }
+
+    /// Nothing runs here any more and nothing is held (or can be released).
+    pub fn is_quiet(&self, core: &NodeCore, now: u64) -> bool {
+        self.agent
+            .is_quiet(core.state(), core.holds_node_lease(now))
     }
 
     /// A clean stop of the daemon: stop every resource that may run here, in reverse order,

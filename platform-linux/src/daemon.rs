@@ -104,6 +104,9 @@ struct Daemon {
     lease: Arc<LeaseGate>,
 }
 
+/// How long a clean stop waits for the groups here to stop and be released.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(90);
+
 /// How often the agent and the placement loop look at the state.
 const AGENT_ROUND_MS: u64 = 50;
 
@@ -215,6 +218,9 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // A clean stop keeps the loop running while the groups here stop, demote and release,
+    // so their proposals can commit; then the daemon exits.
+    let mut stopping: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => daemon.on_tick(),
@@ -222,13 +228,19 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
             Some(request) = control_rx.recv() => daemon.on_control(request),
             Some(change) = proposals.recv() => daemon.propose_internal(change),
             Some(done) = completions.recv() => daemon.on_resource_done(done),
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => daemon.begin_stop(&mut stopping),
+            _ = tokio::signal::ctrl_c() => daemon.begin_stop(&mut stopping),
         }
         daemon.drain()?;
         if daemon.core.is_removed() {
             tracing::warn!("this node was removed from the cluster; the daemon stops");
             break;
+        }
+        if let Some(since) = stopping {
+            let now = daemon.now();
+            if daemon.agents.is_quiet(&daemon.core, now) || since.elapsed() > SHUTDOWN_LIMIT {
+                break;
+            }
         }
     }
     daemon.agents.shutdown(&daemon.core).await;
@@ -278,6 +290,14 @@ impl Daemon {
             if let Err(error) = self.core.propose(request, change.clone()) {
                 tracing::debug!("cannot propose {change:?} now: {error}");
             }
+        }
+    }
+
+    fn begin_stop(&mut self, stopping: &mut Option<Instant>) {
+        if stopping.is_none() {
+            tracing::info!("stopping: the groups here stop and are released first");
+            *stopping = Some(Instant::now());
+            self.agents.shut_down();
         }
     }
 

@@ -271,6 +271,9 @@ struct Engine {
     links: HashMap<LegId, (u64, mpsc::Sender<Vec<u8>>)>,
     /// Clients waiting, with the range their request covers (for the activity log).
     waiting: HashMap<u64, Waiting>,
+    /// Requests whose clients were answered with an error when the lease lapsed, but which
+    /// the core still carries: their activity-log extent stays hot until the core is done.
+    abandoned: HashMap<u64, Option<(u64, u64)>>,
     next_request: u64,
     /// When the demotion began, if it did.
     stopping_since: Option<Instant>,
@@ -295,6 +298,7 @@ async fn run_engine(
         started: Instant::now(),
         links: HashMap::new(),
         waiting: HashMap::new(),
+        abandoned: HashMap::new(),
         next_request: 1,
         stopping_since: None,
         peer_legs,
@@ -311,6 +315,7 @@ async fn run_engine(
             _ = ticker.tick() => {
                 let now = engine.now();
                 engine.primary.tick(now);
+                engine.fail_waiting_without_lease();
             }
         }
         engine.drain();
@@ -324,6 +329,26 @@ async fn run_engine(
 }
 
 impl Engine {
+    /// A node that lost its lease must stop writing (DESIGN.md §5 rule 2), and requests
+    /// frozen until a lost peer is committed Outdated would wait forever without quorum. They
+    /// were never acknowledged, so they are answered with an error now: the file system on
+    /// top sees I/O errors, its unmount can finish, and the agent can stop the group.
+    fn fail_waiting_without_lease(&mut self) {
+        if self.waiting.is_empty() || self.context.lease.holds() {
+            return;
+        }
+        tracing::warn!(
+            "volume {}: this node lost its lease: {} waiting request(s) fail (never \
+             acknowledged)",
+            self.context.volume,
+            self.waiting.len()
+        );
+        for (request, (done, range)) in self.waiting.drain() {
+            let _ = done.send(false);
+            self.abandoned.insert(request, range);
+        }
+    }
+
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -539,6 +564,8 @@ impl Engine {
                         self.keeper.end_write(offset, len);
                     }
                     let _ = done.send(ok);
+                } else if let Some(Some((offset, len))) = self.abandoned.remove(&req_id) {
+                    self.keeper.end_write(offset, len);
                 }
             }
             PrimaryAction::ProposeLegState { leg, state, epoch } => {

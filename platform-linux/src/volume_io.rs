@@ -24,8 +24,12 @@ pub trait VolumeIo: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// How long a write waits for a missing lease before it fails.
+/// How long a write waits for the node's first lease (a cluster that is starting) before it
+/// fails.
 pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a write waits once a lease it had lapsed: long enough to bridge a leader change,
+/// short enough that a partitioned node's file system fails fast and unmounts.
+pub const LEASE_WAIT_AFTER_LOSS: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Whether this node may write now: the daemon publishes how long its node lease lasts, the
 /// write paths check it before every write (DESIGN.md §5 rule 2: a node without a lease stops
@@ -35,6 +39,8 @@ pub struct LeaseGate {
     origin: std::time::Instant,
     /// Milliseconds since `origin` until which the lease holds.
     until_ms: std::sync::atomic::AtomicU64,
+    /// Whether a lease was ever published.
+    ever_held: std::sync::atomic::AtomicBool,
 }
 
 impl LeaseGate {
@@ -43,14 +49,22 @@ impl LeaseGate {
         LeaseGate {
             origin: std::time::Instant::now(),
             until_ms: std::sync::atomic::AtomicU64::new(0),
+            ever_held: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// The lease lasts `remaining_ms` from now.
     pub fn publish(&self, remaining_ms: u64) {
-        let until = self.elapsed_ms().saturating_add(remaining_ms);
-        self.until_ms
-            .store(until, std::sync::atomic::Ordering::Release);
+        use std::sync::atomic::Ordering;
+        let now = self.elapsed_ms();
+        if remaining_ms > 0 {
+            self.until_ms
+                .store(now.saturating_add(remaining_ms), Ordering::Release);
+            self.ever_held.store(true, Ordering::Release);
+        } else {
+            // No lease: it ended now at the latest (never later than it was going to).
+            self.until_ms.fetch_min(now, Ordering::AcqRel);
+        }
     }
 
     /// Whether the lease holds now.
@@ -58,13 +72,20 @@ impl LeaseGate {
         self.elapsed_ms() < self.until_ms.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Lets a write through while the lease holds. Without one the write waits (I/O is
-    /// suspended, like DRBD's `on-no-quorum suspend-io`) for up to [`LEASE_WAIT`]: a cluster
-    /// that is starting or electing a new leader gets its leases back within about two
-    /// seconds. After that the write fails; it was never performed. Blocking: callers are
-    /// FUSE worker threads and blocking tasks.
+    /// Lets a write through while the lease holds. Without one the write waits for up to
+    /// [`LEASE_WAIT`] while the node never had a lease (a cluster that is starting), or
+    /// [`LEASE_WAIT_AFTER_LOSS`] after one lapsed; then it fails, never performed.
+    /// Blocking: callers are FUSE worker threads and blocking tasks.
     pub fn check(&self) -> io::Result<()> {
-        self.check_within(LEASE_WAIT)
+        if !self.ever_held.load(std::sync::atomic::Ordering::Acquire) {
+            return self.check_within(LEASE_WAIT);
+        }
+        // Counted from when the lease lapsed, not per write: once it is gone for longer,
+        // every write fails at once and a file system on top unmounts quickly.
+        let until = self.until_ms.load(std::sync::atomic::Ordering::Acquire);
+        let since_lapse = self.elapsed_ms().saturating_sub(until);
+        let left = (LEASE_WAIT_AFTER_LOSS.as_millis() as u64).saturating_sub(since_lapse);
+        self.check_within(std::time::Duration::from_millis(left))
     }
 
     fn check_within(&self, wait: std::time::Duration) -> io::Result<()> {
@@ -72,9 +93,9 @@ impl LeaseGate {
         while !self.holds() {
             if start.elapsed() >= wait {
                 return Err(io::Error::other(format!(
-                    "this node holds no lease (no quorum confirmed it) after waiting {} s: \
+                    "this node holds no lease (no quorum confirmed it) after waiting {} ms: \
                      writes are refused",
-                    wait.as_secs()
+                    wait.as_millis()
                 )));
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -95,7 +116,7 @@ impl Default for LeaseGate {
 
 #[cfg(test)]
 mod tests {
-    use super::LeaseGate;
+    use super::{LeaseGate, LEASE_WAIT_AFTER_LOSS};
 
     #[test]
     fn the_gate_opens_only_while_a_published_lease_lasts() {
@@ -107,6 +128,11 @@ mod tests {
         gate.publish(0);
         let error = gate.check_within(short).unwrap_err();
         assert!(error.to_string().contains("no lease"), "{error}");
+        // Long after the lapse, a write fails without waiting again.
+        std::thread::sleep(LEASE_WAIT_AFTER_LOSS);
+        let start = std::time::Instant::now();
+        assert!(gate.check().is_err());
+        assert!(start.elapsed() < LEASE_WAIT_AFTER_LOSS);
         // A write waiting for the lease goes through once it returns.
         let waiter = {
             let gate = gate.clone();

@@ -7,14 +7,20 @@
 //! - committed entries never change: every node applies the same (term, digest) at each
 //!   index, in order, across restarts; a snapshot never contradicts a committed entry;
 //! - every node holds the same cluster state at the same applied index;
-//! - lease safety: at no instant do two nodes hold the leader lease.
+//! - lease safety: at no instant do two nodes hold the leader lease;
+//! - with resource groups, on the ground truth of the fake resources and on every node's
+//!   committed state: one active node per group ([`Violation::GroupTwice`], see
+//!   [`one_active`]) and one writer per volume ([`Violation::WriterNotHolder`], see
+//!   [`one_writer`]).
 //!
-//! Liveness (a leader and commits after the faults heal) is checked by the world, which
-//! knows when the heal began.
+//! Liveness (a leader and commits after the faults heal; then every group running where it
+//! is placed, [`Violation::GroupsUnsettled`]) is checked by the world, which knows when the
+//! heal began.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use tandem_core::NodeId;
+use tandem_core::group::ResourceSpec;
+use tandem_core::{ClusterState, NodeId};
 
 /// A broken promise, or a run that could not be carried out. The message names the rule.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +81,46 @@ pub enum Violation {
     },
     #[error("restart: n{node} cannot start from its durable state: {reason}")]
     Restore { node: NodeId, reason: String },
+    #[error(
+        "one active node per group: group {group} runs on {} at the same instant{detail}",
+        describe_nodes(.nodes)
+    )]
+    GroupTwice {
+        group: String,
+        nodes: Vec<NodeId>,
+        detail: String,
+    },
+    #[error(
+        "one active node per group (self-fencing deadline): n{node} still runs {group}[{index}] \
+         {late_ms} ms after its node lease lapsed at t={lapsed_at} ({process}); the leader may \
+         fence it {deadline_ms} ms after the lapse and start the group elsewhere"
+    )]
+    SelfFenceLate {
+        node: NodeId,
+        group: String,
+        index: usize,
+        lapsed_at: u64,
+        late_ms: u64,
+        deadline_ms: u64,
+        process: String,
+    },
+    #[error(
+        "one writer: n{node}'s committed state at index {index} shows volume {volume} primary \
+         on n{primary} while group {group} is held by {} (last fenced: {})",
+        describe_node(.holder),
+        describe_node(.fenced)
+    )]
+    WriterNotHolder {
+        node: NodeId,
+        index: u64,
+        group: String,
+        volume: String,
+        primary: NodeId,
+        holder: Option<NodeId>,
+        fenced: Option<NodeId>,
+    },
+    #[error("eventual placement: {0}")]
+    GroupsUnsettled(String),
     #[error("liveness: {0}")]
     Liveness(String),
     #[error("simulator: {0}")]
@@ -87,6 +133,154 @@ fn describe_holders(holders: &[(NodeId, u64)]) -> String {
         .map(|(node, term)| format!("n{node} (term {term})"))
         .collect::<Vec<_>>()
         .join(" and ")
+}
+
+impl Violation {
+    /// The rule broken, in a few words (for the soak summary's tally).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Violation::TwoLeaders { .. } => "election safety",
+            Violation::LeaseOverlap { .. } => "lease safety",
+            Violation::CommittedChanged { .. } | Violation::SnapshotConflict { .. } => {
+                "committed entry changed"
+            }
+            Violation::ApplyOrder { .. } | Violation::AppliedMismatch { .. } => "apply order",
+            Violation::StateDiverged { .. } => "state divergence",
+            Violation::CorePanic { .. } => "core panic",
+            Violation::DiskRefused { .. } => "durability",
+            Violation::BadFrame { .. } => "wire",
+            Violation::Restore { .. } => "restart",
+            Violation::GroupTwice { .. } => "one active node per group: overlap",
+            Violation::SelfFenceLate { .. } => "one active node per group: self-fencing deadline",
+            Violation::WriterNotHolder { .. } => "one writer",
+            Violation::GroupsUnsettled(_) => "eventual placement",
+            Violation::Liveness(_) => "liveness",
+            Violation::Setup(_) => "simulator",
+        }
+    }
+
+    /// Whether this is one of the resource-group rules.
+    pub fn is_group_rule(&self) -> bool {
+        matches!(
+            self,
+            Violation::GroupTwice { .. }
+                | Violation::SelfFenceLate { .. }
+                | Violation::WriterNotHolder { .. }
+                | Violation::GroupsUnsettled(_)
+        )
+    }
+}
+
+fn describe_nodes(nodes: &[NodeId]) -> String {
+    nodes
+        .iter()
+        .map(|node| format!("n{node}"))
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+fn describe_node(node: &Option<NodeId>) -> String {
+    node.map_or_else(|| "nobody".to_string(), |node| format!("n{node}"))
+}
+
+/// One active node per group, on the ground truth: at no instant do two machines both run a
+/// resource of the same group that the cluster started there (the instant is the world's
+/// global time; a start takes effect when it completes, a stop when it completes, so a
+/// resource counts from the end of its start to the end of its stop).
+///
+/// Nothing is excused: no lease, no margin. A node that lost its lease must have stopped
+/// before the leader fences it (`failover_timeout > lease_timeout + FAILOVER_MARGIN_MS`,
+/// core::scheduler), and no other node starts the group before that fence commits, so the
+/// margin is already spent by the time a second node could run the group; any overlap is
+/// a broken promise, wherever the fault lies (a slow stop, an operation in flight, a frozen
+/// or dead daemon that could not stop). Copies the operator started by hand are not the
+/// cluster's and are left out (DESIGN.md §6: the operator mistake; see `docs/reliability.md`).
+///
+/// `running`: per machine, the groups with a cluster-started resource running there.
+pub fn one_active(running: &[(NodeId, BTreeSet<&str>)]) -> Result<(), Violation> {
+    let mut by_group: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
+    for (node, groups) in running {
+        for group in groups {
+            by_group.entry(group).or_default().push(*node);
+        }
+    }
+    match by_group.into_iter().find(|(_, nodes)| nodes.len() > 1) {
+        Some((group, nodes)) => Err(Violation::GroupTwice {
+            group: group.to_string(),
+            nodes,
+            detail: String::new(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The self-fencing deadline, on the ground truth: a machine whose node lease lapsed at
+/// `lease_until` runs no resource the cluster started there once `deadline_ms` have passed,
+/// whatever its process is doing (running, frozen, dead).
+///
+/// `deadline_ms` is `failover_timeout - lease_timeout` (core::scheduler: `FAILOVER_MARGIN_MS`
+/// plus one ping interval): the leader fences a holder it last heard from at `t` at `t +
+/// failover_timeout`, and the holder's lease, counted from the send time of a ping the leader
+/// answered, lapsed by `t + lease_timeout`. So this is the time the design gives a node to stop
+/// by itself; past it, the leader may fence it and another node start the group at any moment,
+/// and whether the two overlap ([`one_active`]) is luck. Leases are observed after every call
+/// into a process; a frozen or dead process's lease simply runs out.
+///
+/// `running`: (group, index) of each cluster-started resource running on the machine.
+pub fn self_fence_deadline(
+    node: NodeId,
+    now: u64,
+    lease_until: u64,
+    deadline_ms: u64,
+    running: &[(&str, usize)],
+    process: impl FnOnce() -> String,
+) -> Result<(), Violation> {
+    let late_ms = now.saturating_sub(lease_until + deadline_ms);
+    match running.first() {
+        Some((group, index)) if now > lease_until + deadline_ms => Err(Violation::SelfFenceLate {
+            node,
+            group: group.to_string(),
+            index: *index,
+            lapsed_at: lease_until,
+            late_ms,
+            deadline_ms,
+            process: process(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// One writer, on a node's committed state at `index`: the primary of a group's volume is
+/// always nobody, the group's holder, or the holder the leader last fenced (a takeover is
+/// pending: the fenced node's lease lapsed, so it no longer writes). Promotions happen only
+/// after the acquire, demotions before the release, and a takeover only from the fenced
+/// node, so any other primary is a node writing (or free to write) a volume whose group
+/// another node runs, or none.
+pub fn one_writer(node: NodeId, index: u64, state: &ClusterState) -> Result<(), Violation> {
+    for (name, group) in &state.groups {
+        let status = &group.status;
+        for spec in &group.spec.resources {
+            let ResourceSpec::Volume { volume, .. } = spec else {
+                continue;
+            };
+            let Some(primary) = state.volume_by_name(volume).and_then(|info| info.primary) else {
+                continue;
+            };
+            if status.holder.is_none() || [status.holder, status.fenced].contains(&Some(primary)) {
+                continue;
+            }
+            return Err(Violation::WriterNotHolder {
+                node,
+                index,
+                group: name.clone(),
+                volume: volume.clone(),
+                primary,
+                holder: status.holder,
+                fenced: status.fenced,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What the checkers remember across the run.
@@ -276,6 +470,114 @@ mod tests {
         checkers.batch(4, &[(4, 1, 12)], &[(3, 1)]).unwrap();
         assert_eq!(checkers.announced(4), 4);
         assert_eq!(checkers.committed_index(), 4);
+    }
+
+    #[test]
+    fn a_group_running_on_two_machines_is_caught() {
+        let one = BTreeSet::from(["g1"]);
+        let both = BTreeSet::from(["g1", "g2"]);
+        one_active(&[(1, one.clone()), (2, BTreeSet::from(["g2"]))]).unwrap();
+        let error = one_active(&[(1, both), (3, one)]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "one active node per group: group g1 runs on n1 and n3 at the same instant"
+        );
+    }
+
+    #[test]
+    fn a_node_still_running_past_its_self_fencing_deadline_is_caught() {
+        let process = || "process FROZEN".to_string();
+        self_fence_deadline(2, 1_650, 1_000, 650, &[("g1", 1)], process).unwrap();
+        self_fence_deadline(2, 9_000, 1_000, 650, &[], process).unwrap();
+        let error = self_fence_deadline(2, 1_700, 1_000, 650, &[("g1", 1)], process).unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "one active node per group (self-fencing deadline): n2 still runs g1[1] 50 ms \
+                 after its node lease lapsed at t=1000 (process FROZEN)"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_primary_other_than_the_holder_or_the_fenced_node_is_caught() {
+        use tandem_core::group::{GroupChange, GroupSpec, Monitor};
+        use tandem_core::volume::{LegSpec, VolumeChange};
+        use tandem_core::{Admin, ClusterId, NodeInfo, Role, StateChange};
+        let node = |id: NodeId| NodeInfo {
+            id,
+            name: format!("n{id}"),
+            addr: String::new(),
+            site: None,
+            role: Role::Voter,
+            admin: Admin::Online,
+        };
+        let mut state = ClusterState::founded_by(ClusterId([1; 16]), node(1));
+        state.nodes.insert(2, node(2));
+        let legs = (1..=2)
+            .map(|id| LegSpec {
+                nodes: vec![id],
+                path: format!("/l/{id}"),
+            })
+            .collect();
+        let apply = |state: &mut ClusterState, change: StateChange| {
+            state.apply(&change).unwrap();
+        };
+        let create = VolumeChange::Create {
+            name: "v".into(),
+            size: 1 << 20,
+            legs,
+        };
+        apply(&mut state, StateChange::Volume(create));
+        let volume = ResourceSpec::Volume {
+            volume: "v".into(),
+            monitor: Monitor::default(),
+        };
+        let spec = GroupSpec::new("g", vec![volume]);
+        apply(&mut state, StateChange::Group(GroupChange::Create { spec }));
+        let group = |change| StateChange::Group(change);
+        apply(
+            &mut state,
+            group(GroupChange::Placed {
+                group: "g".into(),
+                node: Some(1),
+                epoch: 0,
+            }),
+        );
+        apply(
+            &mut state,
+            group(GroupChange::Acquire {
+                group: "g".into(),
+                node: 1,
+                epoch: 1,
+            }),
+        );
+        let promote = VolumeChange::Promote {
+            volume: state.volume_by_name("v").unwrap().id,
+            node: 1,
+            force: false,
+            takeover: false,
+        };
+        apply(&mut state, StateChange::Volume(promote));
+        one_writer(1, 9, &state).unwrap();
+        // Fenced, then the group is held elsewhere before the takeover: allowed.
+        let fence = GroupChange::Fence {
+            group: "g".into(),
+            node: 1,
+        };
+        apply(&mut state, group(fence));
+        state.groups.get_mut("g").unwrap().status.holder = Some(2);
+        one_writer(1, 10, &state).unwrap();
+        // Held by n2 while n1, not the fenced node, is primary: caught.
+        state.groups.get_mut("g").unwrap().status.fenced = None;
+        let error = one_writer(2, 11, &state).unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "one writer: n2's committed state at index 11 shows volume v primary on n1 \
+                 while group g is held by n2"
+            ),
+            "{error}"
+        );
     }
 
     #[test]

@@ -11,23 +11,48 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tandem_core::Timing;
 
-/// A deliberate rule-break switched on in every node's core, to prove a checker fires.
+pub use crate::layout::Layout;
+
+/// A deliberate rule-break, to prove a checker fires. Some are switched on in every node's
+/// core (they need the core's `mutations` feature); others are bugs planted in the
+/// simulator's own driver of the agent (the part the daemon's `agent_host` plays).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mutation {
     /// Leader lease granted without a quorum and without the new-leader blackout.
     LeaseWithoutQuorum,
     /// Votes and append acks sent before they are durable.
     SendBeforePersist,
+    /// Driver bug: the agent is always told that this node holds its lease, so a node cut
+    /// off from the cluster never stops its groups by itself.
+    IgnoreLeaseLoss,
+    /// Driver bug: the resources of a group placed on this node are started at once, without
+    /// waiting for the committed `Acquire` (so without waiting for the old holder to stop).
+    SkipAcquire,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 2] = [Mutation::LeaseWithoutQuorum, Mutation::SendBeforePersist];
+    pub const ALL: [Mutation; 4] = [
+        Mutation::LeaseWithoutQuorum,
+        Mutation::SendBeforePersist,
+        Mutation::IgnoreLeaseLoss,
+        Mutation::SkipAcquire,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Mutation::LeaseWithoutQuorum => "lease-without-quorum",
             Mutation::SendBeforePersist => "send-before-persist",
+            Mutation::IgnoreLeaseLoss => "ignore-lease-loss",
+            Mutation::SkipAcquire => "skip-acquire",
         }
+    }
+
+    /// Whether the mutation lives in the core (needs `--features mutations`).
+    pub fn in_core(self) -> bool {
+        matches!(
+            self,
+            Mutation::LeaseWithoutQuorum | Mutation::SendBeforePersist
+        )
     }
 }
 
@@ -39,7 +64,10 @@ impl fmt::Display for Mutation {
 
 /// A mutation name that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown mutation {given:?}; known: lease-without-quorum, send-before-persist")]
+#[error(
+    "unknown mutation {given:?}; known: lease-without-quorum, send-before-persist, \
+     ignore-lease-loss, skip-acquire"
+)]
 pub struct UnknownMutation {
     pub given: String,
 }
@@ -105,6 +133,12 @@ pub enum FaultMix {
     /// Mostly power loss (single machines and the whole cluster) and slow disks, which keep
     /// many writes in flight when the power goes: the mix that tests durability.
     PowerLoss,
+    /// Only network splits: partitions, isolated nodes, one-way cuts (no process ever
+    /// stops or freezes, no frame is lost otherwise).
+    Partitions,
+    /// No machine or network faults at all: only the workloads (operator actions, membership
+    /// changes, resource failures, hangs and crashes, services started by hand).
+    None,
 }
 
 impl FaultMix {
@@ -112,6 +146,8 @@ impl FaultMix {
         match self {
             FaultMix::Standard => "standard",
             FaultMix::PowerLoss => "power-loss",
+            FaultMix::Partitions => "partitions",
+            FaultMix::None => "none",
         }
     }
 }
@@ -120,10 +156,17 @@ impl FromStr for FaultMix {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        [FaultMix::Standard, FaultMix::PowerLoss]
-            .into_iter()
-            .find(|mix| mix.name() == text)
-            .ok_or_else(|| format!("unknown fault mix {text:?}; known: standard, power-loss"))
+        [
+            FaultMix::Standard,
+            FaultMix::PowerLoss,
+            FaultMix::Partitions,
+            FaultMix::None,
+        ]
+        .into_iter()
+        .find(|mix| mix.name() == text)
+        .ok_or_else(|| {
+            format!("unknown fault mix {text:?}; known: standard, power-loss, partitions, none")
+        })
     }
 }
 
@@ -141,6 +184,19 @@ pub struct Options {
     pub propose_on_followers: bool,
     /// Print every trace line as it happens.
     pub echo_trace: bool,
+    /// Resource groups: a volume, groups on it, the agent and the placement loop on every
+    /// node, fake resources with faults, and the group checkers.
+    pub groups: bool,
+    /// Fake resources fail, hang and crash now and then during the fault phase.
+    pub resource_faults: bool,
+    /// The longest a fake stop takes (it is drawn between 10 ms and this).
+    pub stop_max_ms: u64,
+    /// A crash of the tandem process (not of the machine) leaves the group's virtual IPs on
+    /// the interface, as the kernel does; without it, everything the process started dies
+    /// with it (`PR_SET_PDEATHSIG`, which the daemon sets only for `exec` services).
+    pub crash_leaves_ips: bool,
+    /// After the heal, every group must run where it is placed within this.
+    pub settle_bound_ms: u64,
 }
 
 /// The default length of the fault phase, in seconds.
@@ -156,15 +212,25 @@ impl Default for Options {
             fault_mix: FaultMix::Standard,
             propose_on_followers: true,
             echo_trace: false,
+            groups: true,
+            resource_faults: true,
+            stop_max_ms: DEFAULT_STOP_MAX_MS,
+            crash_leaves_ips: false,
+            settle_bound_ms: DEFAULT_SETTLE_BOUND_MS,
         }
     }
 }
+
+/// The default upper bound of a fake stop's duration.
+pub const DEFAULT_STOP_MAX_MS: u64 = 300;
+/// The default bound for groups to settle after the heal.
+pub const DEFAULT_SETTLE_BOUND_MS: u64 = 20_000;
 
 impl Options {
     /// The command that replays `seed` with these options, trace on.
     pub fn replay_command(&self, seed: u64) -> String {
         let mut command = String::from("cargo run -p tandem-sim");
-        if !self.mutations.is_empty() {
+        if self.mutations.iter().any(|mutation| mutation.in_core()) {
             command.push_str(" --features mutations");
         }
         command.push_str(&format!(" -- --seed {seed}"));
@@ -183,6 +249,21 @@ impl Options {
         }
         if !self.propose_on_followers {
             command.push_str(" --leader-proposals-only");
+        }
+        if !self.groups {
+            command.push_str(" --no-groups");
+        }
+        if !self.resource_faults {
+            command.push_str(" --no-resource-faults");
+        }
+        if self.stop_max_ms != DEFAULT_STOP_MAX_MS {
+            command.push_str(&format!(" --stop-max-ms {}", self.stop_max_ms));
+        }
+        if self.crash_leaves_ips {
+            command.push_str(" --crash-leaves-ips");
+        }
+        if self.settle_bound_ms != DEFAULT_SETTLE_BOUND_MS {
+            command.push_str(&format!(" --settle-bound-ms {}", self.settle_bound_ms));
         }
         for mutation in &self.mutations {
             command.push_str(&format!(" --mutation {mutation}"));
@@ -220,6 +301,9 @@ pub struct Scenario {
     /// Whether the workload also joins and removes nodes.
     pub membership: bool,
     pub timing: Timing,
+    /// The volumes and groups the operator creates once the cluster has formed (`None`:
+    /// groups are off).
+    pub layout: Option<Layout>,
 }
 
 impl Scenario {
@@ -243,10 +327,12 @@ impl Scenario {
         let membership = rng.gen_bool(0.4);
         // Small compaction intervals make lagging nodes catch up through snapshots.
         let compact_every = [4, 16, 64, 1000][rng.gen_range(0..4)];
+        let layout = options.groups.then(|| Layout::pick(rng, shape));
         Scenario {
             shape,
             fault_ms,
             membership,
+            layout,
             timing: Timing {
                 compact_every,
                 ..Timing::default()

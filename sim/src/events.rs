@@ -20,6 +20,12 @@ pub enum Input {
         msg: Msg,
     },
     Persisted(u64),
+    /// A round of the agent and the placement loop.
+    AgentRound,
+    /// A fake resource operation completes.
+    OpDone {
+        op: u64,
+    },
 }
 
 /// Something scheduled to happen.
@@ -47,6 +53,12 @@ pub enum Event {
     Setup,
     Heal,
     Probe,
+    /// The operator does something to a group (fault phase).
+    GroupOperator,
+    /// A resource crashes, or the operator starts one by hand (fault phase).
+    ResourceChaos,
+    /// After the heal: have the groups settled where they are placed?
+    Settle,
 }
 
 struct Scheduled {

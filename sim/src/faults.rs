@@ -68,6 +68,18 @@ impl FaultKind {
 
     /// How often each kind is drawn in `mix`, relative to the others.
     fn weight(self, mix: FaultMix) -> u32 {
+        match mix {
+            FaultMix::None => return 0,
+            FaultMix::Partitions => {
+                return match self {
+                    FaultKind::Partition => 14,
+                    FaultKind::Isolate => 12,
+                    FaultKind::OneWay => 10,
+                    _ => 0,
+                }
+            }
+            FaultMix::Standard | FaultMix::PowerLoss => {}
+        }
         if mix == FaultMix::PowerLoss {
             return match self {
                 FaultKind::PowerLoss => 30,
@@ -161,6 +173,9 @@ pub struct View {
 /// Draws the next fault, or `None` when the drawn kind has nothing to strike.
 pub fn choose(rng: &mut ChaCha8Rng, view: &View, mix: FaultMix) -> Option<Fault> {
     let total: u32 = FaultKind::ALL.iter().map(|kind| kind.weight(mix)).sum();
+    if total == 0 {
+        return None;
+    }
     let mut pick = rng.gen_range(0..total);
     let mut kind = FaultKind::Crash;
     for candidate in FaultKind::ALL {

@@ -9,7 +9,10 @@
 //!
 //! Module map: [`config`] (options and the seed's scenario), [`world`] (the event loop and
 //! phases), [`machine`] (a process, its clock and guarded core calls), [`disk`], [`net`],
-//! [`faults`], [`workload`], [`checkers`], [`trace`], [`events`], [`summary`].
+//! [`faults`], [`workload`], [`checkers`], [`trace`], [`events`], [`summary`]; for resource
+//! groups: [`layout`] (the volumes and groups a run creates), [`host`] (the agent and the
+//! placement loop of one process, as the daemon's `agent_host`), [`resources`] (the fake
+//! resources: what really runs where).
 
 // rust-protobuf messages (raft-rs's eraftpb) are built by assigning fields to a default value.
 #![allow(clippy::field_reassign_with_default)]
@@ -19,8 +22,11 @@ pub mod config;
 pub mod disk;
 pub mod events;
 pub mod faults;
+pub mod host;
+pub mod layout;
 pub mod machine;
 pub mod net;
+pub mod resources;
 pub mod summary;
 pub mod trace;
 pub mod workload;

@@ -17,6 +17,8 @@ use tandem_core::{ClusterId, NodeCore, NodeId, Timing};
 use crate::checkers::Violation;
 use crate::config::Mutation;
 use crate::disk::Disk;
+use crate::host::Host;
+use crate::resources::Fakes;
 
 thread_local! {
     static IN_CORE: Cell<bool> = const { Cell::new(false) };
@@ -81,6 +83,13 @@ pub struct Machine {
     pub slow_disk: BTreeMap<u64, u64>,
     /// The applied index whose state the checkers last hashed (hashing is not free).
     pub state_checked: Option<u64>,
+    /// The agent side of the process (with groups on); lives and dies with `core`.
+    pub host: Option<Host>,
+    /// What runs on this machine (outlives the process: see [`crate::resources`]).
+    pub fakes: Fakes,
+    /// Global time at which the process's node lease (the leader's: its leader lease) ends or
+    /// ended, as last observed; 0 if it never held one.
+    pub lease_until: u64,
 }
 
 impl Machine {
@@ -95,6 +104,9 @@ impl Machine {
             paused_until: 0,
             slow_disk: BTreeMap::new(),
             state_checked: None,
+            host: None,
+            fakes: Fakes::default(),
+            lease_until: 0,
         }
     }
 
@@ -138,6 +150,7 @@ impl Machine {
     /// vanish. Returns (kept, lost).
     pub fn stop(&mut self, keep: usize) -> Result<(usize, usize), Violation> {
         self.core = None;
+        self.host = None;
         self.paused_until = 0;
         self.disk
             .crash(keep)
@@ -162,7 +175,8 @@ fn switch_on(core: &mut NodeCore, mutations: &BTreeSet<Mutation>) -> Result<(), 
 
 #[cfg(not(feature = "mutations"))]
 fn switch_on(_core: &mut NodeCore, mutations: &BTreeSet<Mutation>) -> Result<(), Violation> {
-    if mutations.is_empty() {
+    // The simulator's own driver mutations need no hook in the core.
+    if !mutations.iter().any(|mutation| mutation.in_core()) {
         return Ok(());
     }
     Err(Violation::Setup(

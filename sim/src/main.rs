@@ -4,6 +4,8 @@
 //! tandem-sim --seeds 500 [--start 1] [--jobs 2]     soak: a summary table, failures listed
 //! tandem-sim --seed 42 [--trace]                    replay one seed (trace: every event)
 //! ```
+//! Resource groups (a volume, groups on it, the agent and placement loop on every node, fake
+//! resources that fail, hang and crash) are part of every run; `--no-groups` leaves them out.
 //! Exit status: 0 when every seed passed, 1 when one failed, 2 for bad arguments.
 
 use std::collections::BTreeSet;
@@ -39,15 +41,35 @@ struct Cli {
     /// After the heal, a leader and a commit must come within this many ms.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     heal_bound_ms: u64,
-    /// Switch on a core mutation on every node (needs `--features mutations`):
-    /// lease-without-quorum or send-before-persist. Repeatable.
+    /// Switch on a mutation on every node: lease-without-quorum or send-before-persist (in
+    /// the core: needs `--features mutations`), ignore-lease-loss or skip-acquire (in the
+    /// simulator's agent driver). Repeatable.
     #[arg(long)]
     mutation: Vec<Mutation>,
+    /// Leave resource groups out (Raft, leases and membership only).
+    #[arg(long)]
+    no_groups: bool,
+    /// Fake resources never fail, hang or crash, and nobody starts one by hand.
+    #[arg(long)]
+    no_resource_faults: bool,
+    /// The longest a fake stop takes, in ms.
+    #[arg(long, default_value_t = tandem_sim::config::DEFAULT_STOP_MAX_MS,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    stop_max_ms: u64,
+    /// A crash of the tandem process leaves virtual IPs up (as the kernel does) instead of
+    /// taking everything it started with it.
+    #[arg(long)]
+    crash_leaves_ips: bool,
+    /// After the heal, every group must run where it is placed within this many ms.
+    #[arg(long, default_value_t = tandem_sim::config::DEFAULT_SETTLE_BOUND_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    settle_bound_ms: u64,
     /// What the network may do to Raft snapshot frames: random (like any frame), never
     /// (a stop-gap while the core cannot recover a lost snapshot), first (lose the first).
     #[arg(long, default_value = "random")]
     snapshot_loss: SnapshotLoss,
-    /// Which faults strike: standard (every kind) or power-loss (power loss and slow disks).
+    /// Which faults strike: standard (every kind), power-loss (power loss and slow disks),
+    /// partitions (network splits only) or none (only the workloads).
     #[arg(long = "faults", default_value = "standard")]
     fault_mix: FaultMix,
     /// Propose only on leaders, never on followers (which forward proposals).
@@ -78,7 +100,7 @@ fn parse_fault_secs(text: &str) -> Result<(u64, u64), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !cli.mutation.is_empty() && !cfg!(feature = "mutations") {
+    if cli.mutation.iter().any(|m| m.in_core()) && !cfg!(feature = "mutations") {
         eprintln!(
             "error: --mutation needs the core's mutation hooks; run with \
              `cargo run -p tandem-sim --features mutations -- ...`"
@@ -93,6 +115,11 @@ fn main() -> ExitCode {
         fault_mix: cli.fault_mix,
         propose_on_followers: !cli.leader_proposals_only,
         echo_trace: cli.trace,
+        groups: !cli.no_groups,
+        resource_faults: !cli.no_resource_faults,
+        stop_max_ms: cli.stop_max_ms,
+        crash_leaves_ips: cli.crash_leaves_ips,
+        settle_bound_ms: cli.settle_bound_ms,
     };
     match (cli.seed, cli.seeds) {
         (Some(seed), _) => replay(seed, &options),
@@ -151,7 +178,7 @@ fn soak(start: u64, count: u64, jobs: u64, options: &Options) -> ExitCode {
         match result {
             Ok(report) => summary.add(report),
             Err(failure) => {
-                summary.fail(*seed, failure.headline());
+                summary.fail(*seed, failure.headline(), &failure.violation);
                 first = first.or(Some(failure));
             }
         }

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::checkers::Violation;
 use crate::faults::FaultKind;
-use crate::world::RunReport;
+use crate::world::{GroupStats, RunReport};
 
 /// Totals over the seeds run so far.
 #[derive(Clone, Debug, Default)]
@@ -27,6 +28,12 @@ pub struct Summary {
     pub sim_ms: u64,
     pub max_recovery_ms: u64,
     pub wall: Duration,
+    /// Failed seeds per broken rule.
+    pub rules: BTreeMap<&'static str, u64>,
+    /// Seeds that ran resource groups, per layout.
+    pub layouts: BTreeMap<&'static str, u64>,
+    /// Group totals over the seeds that passed.
+    pub groups: GroupStats,
 }
 
 impl Summary {
@@ -47,12 +54,31 @@ impl Summary {
         self.events += report.events;
         self.sim_ms += report.sim_ms;
         self.max_recovery_ms = self.max_recovery_ms.max(report.recovery_ms);
+        if let Some(layout) = report.layout {
+            *self.layouts.entry(layout.name()).or_default() += 1;
+        }
+        let (total, run) = (&mut self.groups, &report.groups);
+        total.ops += run.ops;
+        total.ops_failed += run.ops_failed;
+        total.hangs += run.hangs;
+        total.crashes += run.crashes;
+        total.hand_starts += run.hand_starts;
+        total.operator_actions += run.operator_actions;
+        total.proposals += run.proposals;
+        total.started += run.started;
+        total.self_fenced += run.self_fenced;
+        total.resyncs += run.resyncs;
+        total.settled_running += run.settled_running;
+        total.settled_idle += run.settled_idle;
+        total.hand_copies_left += run.hand_copies_left;
+        total.settle_ms = total.settle_ms.max(run.settle_ms);
     }
 
-    /// Records a failed seed by its headline.
-    pub fn fail(&mut self, seed: u64, headline: String) {
+    /// Records a failed seed by its headline and the rule it broke.
+    pub fn fail(&mut self, seed: u64, headline: String, violation: &Violation) {
         self.seeds += 1;
         self.failures.push((seed, headline));
+        *self.rules.entry(violation.rule()).or_default() += 1;
     }
 }
 
@@ -105,6 +131,55 @@ impl fmt::Display for Summary {
             "slowest recovery after heal (ms)",
             self.max_recovery_ms.to_string(),
         )?;
+        if !self.layouts.is_empty() {
+            let g = &self.groups;
+            let layouts: Vec<String> = self
+                .layouts
+                .iter()
+                .map(|(name, count)| format!("{name} {count}"))
+                .collect();
+            writeln!(f, "  resource groups (seeds that passed):")?;
+            writeln!(f, "    layouts: {}", layouts.join(", "))?;
+            let row = |f: &mut fmt::Formatter<'_>, name: &str, value: String| {
+                writeln!(f, "    {name:<32} {value:>14}")
+            };
+            row(f, "resource operations run", g.ops.to_string())?;
+            row(
+                f,
+                "operations failed / hung",
+                format!("{} / {}", g.ops_failed, g.hangs),
+            )?;
+            row(
+                f,
+                "crashed / started by hand",
+                format!("{} / {}", g.crashes, g.hand_starts),
+            )?;
+            row(f, "operator group actions", g.operator_actions.to_string())?;
+            row(f, "agent and placer proposals", g.proposals.to_string())?;
+            row(
+                f,
+                "groups started / self-fenced",
+                format!("{} / {}", g.started, g.self_fenced),
+            )?;
+            row(f, "legs resynced (stand-in)", g.resyncs.to_string())?;
+            row(
+                f,
+                "settled: running / idle",
+                format!("{} / {}", g.settled_running, g.settled_idle),
+            )?;
+            row(
+                f,
+                "hand-started copies left",
+                g.hand_copies_left.to_string(),
+            )?;
+            row(f, "slowest settle after heal (ms)", g.settle_ms.to_string())?;
+        }
+        if !self.rules.is_empty() {
+            writeln!(f, "  failed seeds by rule:")?;
+            for (rule, count) in &self.rules {
+                writeln!(f, "    {rule:<50} {count:>6}")?;
+            }
+        }
         writeln!(f, "  faults injected:")?;
         for kind in FaultKind::ALL {
             let count = self.faults.get(&kind).copied().unwrap_or(0);

@@ -123,6 +123,31 @@ pub enum TraceEvent {
         outcome: Result<String, String>,
     },
     Note(String),
+    /// The agent asked for a fake resource operation.
+    AgentRun {
+        op: u64,
+        kind: &'static str,
+        group: String,
+        index: usize,
+        what: String,
+        takes_ms: u64,
+        fate: String,
+    },
+    /// A fake resource operation completed and the agent was told.
+    OpDone {
+        op: u64,
+        kind: &'static str,
+        group: String,
+        index: usize,
+        outcome: String,
+    },
+    /// A timeline event of the agent (or the placement loop's decision, through `Proposed`).
+    AgentEvent(String),
+    /// The ground truth changed outside an operation: a resource crashed, was started by
+    /// hand, or died with its process or machine.
+    Resource(String),
+    /// A checker's verdict worth a line (the group settle check).
+    Check(String),
     Fault(String),
     FaultEnd(String),
     Phase(String),
@@ -311,6 +336,28 @@ impl fmt::Display for TraceEvent {
                 Err(text) => write!(f, "completed r{request} with refusal: {text}"),
             },
             TraceEvent::Note(text) => write!(f, "note: {text}"),
+            TraceEvent::AgentRun {
+                op,
+                kind,
+                group,
+                index,
+                what,
+                takes_ms,
+                fate,
+            } => write!(
+                f,
+                "agent op{op}: {kind} {group}[{index}] {what} (takes {takes_ms} ms, {fate})"
+            ),
+            TraceEvent::OpDone {
+                op,
+                kind,
+                group,
+                index,
+                outcome,
+            } => write!(f, "agent op{op} done: {kind} {group}[{index}] -> {outcome}"),
+            TraceEvent::AgentEvent(text) => write!(f, "event: {text}"),
+            TraceEvent::Resource(text) => write!(f, "resource: {text}"),
+            TraceEvent::Check(text) => write!(f, "check: {text}"),
             TraceEvent::Fault(text) => write!(f, "FAULT {text}"),
             TraceEvent::FaultEnd(text) => write!(f, "fault over: {text}"),
             TraceEvent::Phase(text) => write!(f, "=== {text}"),

@@ -11,9 +11,13 @@
 //! carries out faults; `liveness` is the heal-phase probe.
 
 mod chaos;
+mod groups;
 mod io;
 mod liveness;
 mod operator;
+mod settle;
+
+pub use groups::GroupStats;
 
 use std::collections::BTreeMap;
 
@@ -22,7 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use tandem_core::{bootstrap, Admin, ClusterId, NodeInfo, Role};
 
 use crate::checkers::{Checkers, Violation};
-use crate::config::{Options, Scenario, Shape};
+use crate::config::{Layout, Options, Scenario, Shape};
 use crate::disk::Disk;
 use crate::events::{Event, Queue};
 use crate::faults::FaultKind;
@@ -45,8 +49,14 @@ const UNIX_BASE: u64 = 1_700_000_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Setup,
-    Faults { until: u64 },
-    Heal { since: u64 },
+    Faults {
+        until: u64,
+    },
+    Heal {
+        since: u64,
+    },
+    /// Raft recovered after the heal; the groups must settle (see `settle`).
+    Settle,
     Done,
 }
 
@@ -72,6 +82,9 @@ pub struct RunReport {
     /// Hash of every trace line: equal for two runs of the same seed and options.
     pub trace_digest: u64,
     pub trace_lines: u64,
+    /// The groups of the run (`None`: groups off).
+    pub layout: Option<Layout>,
+    pub groups: GroupStats,
 }
 
 /// A fault that is in effect until its `FaultOver` event (or the heal).
@@ -108,6 +121,12 @@ pub struct World {
     recovery_ms: u64,
     /// For `SnapshotLoss::First`.
     lost_first_snapshot: bool,
+    /// The group workload's choices and timing.
+    group_rng: ChaCha8Rng,
+    /// How fake resource operations end.
+    res_rng: ChaCha8Rng,
+    group_stats: GroupStats,
+    settle: settle::Settle,
 }
 
 /// One independent random stream per concern, all derived from the seed.
@@ -148,6 +167,10 @@ impl World {
             events: 0,
             recovery_ms: 0,
             lost_first_snapshot: false,
+            group_rng: stream(seed, 6),
+            res_rng: stream(seed, 7),
+            group_stats: GroupStats::default(),
+            settle: settle::Settle::default(),
         }
     }
 
@@ -199,6 +222,9 @@ impl World {
             Event::Setup => self.on_setup(),
             Event::Heal => self.on_heal(),
             Event::Probe => self.on_probe(),
+            Event::GroupOperator => self.on_group_operator(),
+            Event::ResourceChaos => self.on_resource_chaos(),
+            Event::Settle => self.on_settle(),
         }
     }
 
@@ -216,6 +242,10 @@ impl World {
             },
             self.scenario.timing.compact_every,
         );
+        let what = match self.scenario.layout {
+            Some(layout) => format!("{what}, groups {layout}"),
+            None => format!("{what}, no groups"),
+        };
         self.trace.record(0, None, TraceEvent::Phase(what));
         let first = NodeInfo {
             id: 1,
@@ -258,6 +288,8 @@ impl World {
             net: self.net.stats,
             trace_digest: self.trace.digest(),
             trace_lines: self.trace.count(),
+            layout: self.scenario.layout,
+            groups: self.group_stats,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The simulator's own tests: a seed sweep that must pass, mutation tests that prove the
-//! checkers fire, the failure message, determinism, and regressions for core bugs found.
+//! The simulator's own tests at the Raft level (resource groups off; `groups.rs` has theirs):
+//! a seed sweep that must pass, mutation tests that prove the checkers fire, the failure
+//! message, determinism, and regressions for core bugs found.
 //!
 //! All in one test binary so that the harness runs them side by side on the machine's cores.
 
@@ -20,6 +21,7 @@ const JOBS: usize = 2;
 fn sweep_options() -> Options {
     Options {
         fault_secs: SWEEP_FAULT_SECS,
+        groups: false,
         ..Options::default()
     }
 }
@@ -156,7 +158,8 @@ fn a_failure_names_its_replay_command_and_carries_a_trace() {
         .unwrap_or_default();
     let command = format!(
         "cargo run -p tandem-sim --features mutations -- --seed {seed} --fault-secs 10-20 \
-         --snapshot-loss never --leader-proposals-only --mutation lease-without-quorum --trace"
+         --snapshot-loss never --leader-proposals-only --no-groups --mutation \
+         lease-without-quorum --trace"
     );
     assert!(failure.contains(&command), "{failure}");
     let trace_lines = failure
@@ -174,10 +177,7 @@ fn a_failure_names_its_replay_command_and_carries_a_trace() {
 /// overrides it from its own seeded source, so the same seed gives the same run.
 #[test]
 fn the_same_seed_gives_the_same_trace() {
-    let options = Options {
-        fault_secs: SWEEP_FAULT_SECS,
-        ..Options::default()
-    };
+    let options = sweep_options();
     for seed in [1, 2, 3] {
         let (first, first_trace) = run_seed_traced(seed, &options);
         let (second, second_trace) = run_seed_traced(seed, &options);
@@ -204,6 +204,7 @@ fn a_lost_snapshot_does_not_wedge_the_cluster() {
     let options = Options {
         fault_secs: (5, 5),
         snapshot_loss: SnapshotLoss::First,
+        groups: false,
         ..Options::default()
     };
     if let Err(failure) = run_seed(1, &options) {
@@ -217,9 +218,42 @@ fn a_lost_snapshot_does_not_wedge_the_cluster() {
 /// a node's election clock until its snapshot is persisted.
 #[test]
 fn seeds_that_found_the_unpersisted_snapshot_election_stay_fixed() {
+    let options = Options {
+        groups: false,
+        ..Options::default()
+    };
     for seed in [1177, 1632, 1942] {
-        if let Err(failure) = run_seed(seed, &Options::default()) {
+        if let Err(failure) = run_seed(seed, &options) {
             panic!("{failure}");
         }
     }
+}
+
+/// Core bug found while soaking with groups: a run is not always reproducible. raft-rs draws a
+/// new randomized election timeout from `rand::thread_rng()` whenever it changes role
+/// (`reset_randomized_election_timeout`); the core replaces it with a seeded one only after the
+/// whole input (`choose_election_timeout`), and only when the drawn value differs from its own.
+/// When one `NodeCore::tick` runs several Raft ticks (a process catching up after a freeze),
+/// raft-rs steps down and campaigns inside that loop on the thread_rng timeout, so the number
+/// of pre-votes in the burst differs between runs (in one comparison of
+/// `cargo run --release -p tandem-sim -- --seed 128 --no-groups --trace` the traces first
+/// differ at t=39.318 s, n2's burst after its pause). Fix: override the timeout after every
+/// `raw.tick()` inside the loop, and never let the thread_rng value decide whether to.
+#[test]
+#[ignore = "core bug: raft-rs's thread_rng election timeout inside a multi-tick call"]
+fn a_frozen_process_catching_up_replays_exactly() {
+    let options = sweep_options();
+    let options = Options {
+        fault_secs: tandem_sim::config::DEFAULT_FAULT_SECS,
+        ..options
+    };
+    let digests: BTreeSet<u64> = (0..4)
+        .map(|_| run_seed_traced(128, &options).1.digest())
+        .collect();
+    assert_eq!(
+        digests.len(),
+        1,
+        "seed 128 gave {} different traces",
+        digests.len()
+    );
 }

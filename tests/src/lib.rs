@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod failover_kit;
 pub mod lab_cluster;
 pub mod nbd_client;
 
@@ -167,25 +168,11 @@ pub fn node_name(status: &Value, id: u64) -> String {
         .to_string()
 }
 
-/// Detaches every mount below `root` (the FUSE images a killed daemon left behind), deepest
-/// first, so the directory can be removed. Only paths under the test's own root are touched.
+/// Releases everything a test's daemons left mounted below `root` (FUSE images of killed
+/// daemons, file systems on loop devices over them, the loop devices), so the directory can be
+/// removed. Only paths under the test's own root are touched.
 pub fn unmount_below(root: &Path) {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|point| PathBuf::from(point.replace("\\040", " ")))
-        .filter(|point| point.starts_with(root))
-        .collect();
-    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
-    for point in points {
-        if let Ok(path) = std::ffi::CString::new(point.as_os_str().as_encoded_bytes()) {
-            // SAFETY: umount2 with a valid NUL-terminated path and a flag constant.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
+    tandem_linux::host_cleanup::release_below(root);
 }
 
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);

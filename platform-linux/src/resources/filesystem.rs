@@ -2,16 +2,19 @@
 //! loop device, formatted on first use when asked, mounted at the mountpoint.
 //!
 //! Start: `losetup --find --show IMAGE` (the device recorded in `<state-dir>/run/<group>-
-//! <index>.loop`), `mkfs.<fstype>` only when `mkfs` is set and `blkid -p` finds no filesystem
-//! at all, then `mount`; a failed mount gets one `fsck -y` (`e2fsck -y` for ext*) and one
-//! retry, and an fsck that could not repair (exit code 4 or more) fails the start. The image is
-//! never mounted twice: a mountpoint already mounted from something else, or the image mounted
-//! through another loop device, fails the start untouched.
+//! <index>.loop`, the image's device and inode in `.loop-id`), `mkfs.<fstype>` only when
+//! `mkfs` is set and `blkid -p` finds no filesystem at all, then `mount`; a failed mount gets
+//! one `fsck -y` (`e2fsck -y` for ext*) and one retry, and an fsck that could not repair (exit
+//! code 4 or more) fails the start. The image is never mounted twice: a mountpoint already
+//! mounted from something else, or the image mounted through another loop device, fails the
+//! start untouched.
 //!
 //! Stop: unmount; when busy, the processes using the mount (cwd, root, executable, open or
 //! mapped files under it, from `/proc`) get SIGTERM, then SIGKILL after 2 s, and the unmount
 //! is retried; the last resort is a lazy unmount. Then the loop device is detached, but only
-//! the one we attached and recorded, and only while it still serves this image.
+//! the one we attached and recorded, and only while it still serves this image (the same
+//! file by device and inode, also when the image's FUSE mount was detached lazily meanwhile
+//! and sysfs shows another path for it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -166,6 +169,9 @@ pub(crate) struct Filesystem {
     mkfs: bool,
     options: String,
     record: PathBuf,
+    /// `<group>-<index>.loop-id`: the image's `st_dev st_ino` when it was attached, to know
+    /// the device again once sysfs shows its backing file under another path.
+    identity_record: PathBuf,
     log: PathBuf,
 }
 
@@ -195,6 +201,7 @@ impl Filesystem {
             mkfs: *mkfs,
             options: options.clone(),
             record: ctx.run_file("loop"),
+            identity_record: ctx.run_file("loop-id"),
             log: ctx.log_path(),
         })
     }
@@ -225,6 +232,23 @@ impl Filesystem {
         } else {
             None
         }
+    }
+
+    /// The recorded loop device, if it still serves the file we attached: our image, or the
+    /// same file (device and inode) seen through a lazily detached mount. When the volume
+    /// engine detaches the FUSE image lazily (a demotion or a fence while the file system is
+    /// still mounted), sysfs shows the backing file relative to the detached mount
+    /// (`/<vol>.img`), and the path no longer tells it is ours; the stop must still detach it.
+    fn attached_device(&self) -> Option<PathBuf> {
+        if let Some(device) = self.our_device() {
+            return Some(device);
+        }
+        let text = std::fs::read_to_string(&self.record).ok()?;
+        let device = PathBuf::from(text.trim());
+        let identity = std::fs::read_to_string(&self.identity_record).ok()?;
+        let mut numbers = identity.split_whitespace().map(str::parse::<u64>);
+        let recorded = (numbers.next()?.ok()?, numbers.next()?.ok()?);
+        (loop_backing_identity(&device) == Some(recorded)).then_some(device)
     }
 
     /// Whether the mountpoint is a mount of `device`.
@@ -326,6 +350,16 @@ impl Filesystem {
         }
         std::fs::write(&self.record, format!("{}\n", device.display()))
             .map_err(|error| format!("cannot record {}: {error}", self.record.display()))?;
+        match loop_backing_identity(&device) {
+            Some((dev, ino)) => std::fs::write(&self.identity_record, format!("{dev} {ino}\n"))
+                .map_err(|error| {
+                    format!("cannot record {}: {error}", self.identity_record.display())
+                })?,
+            None => tracing::warn!(
+                "cannot read the backing file identity of {} (LOOP_GET_STATUS64)",
+                device.display()
+            ),
+        }
         Ok(device)
     }
 
@@ -471,13 +505,13 @@ impl Filesystem {
 
     /// Detaches `device` if it is the one we recorded and it still serves our image.
     async fn detach(&self, device: &Path) {
-        if self.our_device().as_deref() != Some(device) {
+        if self.attached_device().as_deref() != Some(device) {
             tracing::warn!(
                 "not detaching {}: not the loop device we attached for {}",
                 device.display(),
                 self.image.display()
             );
-            let _ = std::fs::remove_file(&self.record);
+            self.forget_records();
             return;
         }
         let mut command = Command::new("losetup");
@@ -494,8 +528,45 @@ impl Filesystem {
             Ok(ran) => tracing::warn!("losetup -d {} failed: {}", device.display(), ran.describe()),
             Err(reason) => tracing::warn!("{reason}"),
         }
-        let _ = std::fs::remove_file(&self.record);
+        self.forget_records();
     }
+
+    fn forget_records(&self) {
+        let _ = std::fs::remove_file(&self.record);
+        let _ = std::fs::remove_file(&self.identity_record);
+    }
+}
+
+/// `(st_dev, st_ino)` of the file a loop device serves, from `LOOP_GET_STATUS64` (the kernel
+/// encodes `lo_device` as `stat` does for 32-bit device numbers): unlike the path in sysfs,
+/// it survives a lazy unmount of the file's file system.
+fn loop_backing_identity(device: &Path) -> Option<(u64, u64)> {
+    /// `struct loop_info64` of `<linux/loop.h>` (only two fields are read).
+    #[repr(C)]
+    #[allow(dead_code)]
+    struct LoopInfo64 {
+        lo_device: u64,
+        lo_inode: u64,
+        lo_rdevice: u64,
+        lo_offset: u64,
+        lo_sizelimit: u64,
+        lo_number: u32,
+        lo_encrypt_type: u32,
+        lo_encrypt_key_size: u32,
+        lo_flags: u32,
+        lo_file_name: [u8; 64],
+        lo_crypt_name: [u8; 64],
+        lo_encrypt_key: [u8; 32],
+        lo_init: [u64; 2],
+    }
+    const LOOP_GET_STATUS64: u64 = 0x4C05;
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(device).ok()?;
+    // SAFETY: an all-zero loop_info64 is valid (integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: LOOP_GET_STATUS64 on an open loop device fills a loop_info64, which `info` is.
+    let done = unsafe { libc::ioctl(file.as_raw_fd(), LOOP_GET_STATUS64 as _, &mut info) };
+    (done == 0).then_some((info.lo_device, info.lo_inode))
 }
 
 /// The result of `umount2`.
@@ -606,7 +677,7 @@ impl Filesystem {
     /// device. Not mounted is success.
     pub async fn stop(&mut self, limit_ms: u64) -> Outcome {
         let deadline = Instant::now() + Duration::from_millis(limit_ms);
-        let device = self.our_device();
+        let device = self.attached_device();
         let point = self.point();
         let ours = match (&device, mount_at(&point)) {
             (Some(device), Some(_)) => self.mounted_from(device),
@@ -626,9 +697,7 @@ impl Filesystem {
         }
         match device {
             Some(device) => self.detach(&device).await,
-            None => {
-                let _ = std::fs::remove_file(&self.record);
-            }
+            None => self.forget_records(),
         }
         Outcome::NotRunning
     }

@@ -76,6 +76,8 @@ impl World {
                 })?;
             }
             Input::Persisted(number) => self.call(id, |core| core.persisted(number))?,
+            Input::AgentRound => self.agent_round(id, incarnation)?,
+            Input::OpDone { op } => self.op_done(id, op)?,
         }
         Ok(())
     }
@@ -155,7 +157,7 @@ impl World {
         }
         self.checkers.batch(id, &batch.applied, &batch.snapshots)?;
         if batch.removed {
-            self.stop_removed(id);
+            self.stop_removed(id)?;
         }
         Ok(())
     }
@@ -312,6 +314,7 @@ impl World {
             input: Input::Tick,
         };
         self.queue.push(now + first_tick, tick);
+        self.host_started(id);
         self.after_step(id)
     }
 
@@ -341,11 +344,11 @@ impl World {
             lost_writes,
         };
         self.trace.record(self.now, Some(id), event);
-        Ok(())
+        self.resources_died(id, power_loss)
     }
 
     /// The node learned it was removed: like the daemon, it stops for good.
-    fn stop_removed(&mut self, id: NodeId) {
+    fn stop_removed(&mut self, id: NodeId) -> Result<(), Violation> {
         if let Some(machine) = self.machines.get_mut(&id) {
             machine.core = None;
             machine.removed = true;
@@ -357,6 +360,8 @@ impl World {
             self.trace.record(self.now, Some(id), event);
             self.workload.stats.removals += 1;
         }
+        // The daemon exits: like a crash of the process, for what it started.
+        self.resources_died(id, false)
     }
 
     /// The checks after every step of `id`: its leadership, its applied state, and the
@@ -382,10 +387,13 @@ impl World {
                     hasher.write(&encoded);
                     self.checkers.state(id, reported, hasher.finish())?;
                     machine.state_checked = Some(reported);
+                    self.check_writer(id)?;
                 }
             }
         }
-        self.check_leases()
+        self.check_leases()?;
+        self.note_lease(id);
+        self.check_groups()
     }
 
     fn check_leases(&self) -> Result<(), Violation> {

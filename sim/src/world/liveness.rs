@@ -61,7 +61,7 @@ impl World {
                         self.recovery_ms
                     );
                     self.trace.record(self.now, None, TraceEvent::Phase(what));
-                    self.phase = Phase::Done;
+                    self.begin_settle(since);
                 }
             }
         }

@@ -4,6 +4,8 @@
 //! `AddNode` it returns is proposed, and the new node's process starts (with an empty disk,
 //! like a joiner's `DurableLog::create`) once a member has applied it.
 
+use tandem_core::group::GroupChange;
+use tandem_core::volume::VolumeChange;
 use tandem_core::{NodeId, StateChange};
 
 use super::liveness::Probe;
@@ -51,7 +53,7 @@ impl World {
             None => return Ok(()),
         };
         if members >= wanted && !self.join_in_progress() {
-            if self.all_caught_up(commit) {
+            if self.all_caught_up(commit) && self.group_setup(leader)? {
                 self.begin_faults();
             }
             return Ok(());
@@ -82,6 +84,10 @@ impl World {
         self.queue.push(first_fault, Event::NextFault);
         self.queue.push(self.now + 100, Event::Operator);
         self.queue.push(until, Event::Heal);
+        if self.has_groups() {
+            self.queue.push(self.now + 1_000, Event::GroupOperator);
+            self.queue.push(self.now + 1_500, Event::ResourceChaos);
+        }
     }
 
     /// The workload of the fault phase: one proposal on the leader (sometimes elsewhere).
@@ -297,7 +303,7 @@ impl World {
 }
 
 /// A short description of a change for the trace.
-fn describe(change: &StateChange) -> String {
+pub(super) fn describe(change: &StateChange) -> String {
     match change {
         StateChange::AddNode { node, .. } => {
             format!("add n{} {} as {}", node.id, node.name, node.role.as_str())
@@ -305,7 +311,71 @@ fn describe(change: &StateChange) -> String {
         StateChange::RemoveNode { id } => format!("remove n{id}"),
         StateChange::SetAdmin { id, admin } => format!("n{id} {}", admin.as_str()),
         StateChange::AddJoinToken { digest, .. } => format!("join token {digest}"),
+        StateChange::Group(change) => describe_group(change),
+        StateChange::Volume(change) => describe_volume(change),
+        StateChange::Events { events } => {
+            let kinds: Vec<&str> = events.iter().map(|event| event.kind.as_str()).collect();
+            format!("{} timeline event(s): {}", events.len(), kinds.join(", "))
+        }
         #[allow(unreachable_patterns)]
         other => format!("{other:?}"),
+    }
+}
+
+fn describe_group(change: &GroupChange) -> String {
+    match change {
+        GroupChange::Create { spec } => format!("create group {}", spec.name),
+        GroupChange::Update { spec } => format!("update group {}", spec.name),
+        GroupChange::Delete { group } => format!("delete group {group}"),
+        GroupChange::Enable { group } => format!("enable group {group}"),
+        GroupChange::Disable { group } => format!("disable group {group}"),
+        GroupChange::Move { group, to } => format!("move group {group} to n{to}"),
+        GroupChange::Clear { group } => format!("clear group {group}"),
+        GroupChange::RecordFailure { group, node, .. } => {
+            format!("record a failure of group {group} on n{node}")
+        }
+        GroupChange::Acquire { group, node, epoch } => {
+            format!("n{node} acquires group {group} (placement epoch {epoch})")
+        }
+        GroupChange::Release { group, node } => format!("n{node} releases group {group}"),
+        GroupChange::Fence { group, node } => format!("fence n{node} from group {group}"),
+        GroupChange::Placed { group, node, epoch } => match node {
+            Some(node) => format!("place group {group} on n{node} (from epoch {epoch})"),
+            None => format!("place group {group} nowhere (from epoch {epoch})"),
+        },
+        #[allow(unreachable_patterns)]
+        other => format!("{other:?}"),
+    }
+}
+
+fn describe_volume(change: &VolumeChange) -> String {
+    match change {
+        VolumeChange::Create { name, legs, .. } => {
+            let nodes: Vec<String> = legs.iter().map(|leg| format!("{:?}", leg.nodes)).collect();
+            format!("create volume {name} with legs on {}", nodes.join(" "))
+        }
+        VolumeChange::Delete { volume } => format!("delete volume {volume}"),
+        VolumeChange::Promote {
+            volume,
+            node,
+            force,
+            takeover,
+        } => format!(
+            "promote volume {volume} on n{node}{}{}",
+            if *takeover { " (takeover)" } else { "" },
+            if *force { " FORCED" } else { "" }
+        ),
+        VolumeChange::Demote { volume, epoch } => {
+            format!("demote volume {volume} (epoch {epoch})")
+        }
+        VolumeChange::SetLegState {
+            volume,
+            leg,
+            state,
+            epoch,
+        } => format!(
+            "volume {volume} leg {leg} {} (epoch {epoch})",
+            state.as_str()
+        ),
     }
 }
