@@ -345,21 +345,12 @@ impl LabCluster {
 
     /// `kill -9` of the daemon of `name` (by PID), reaped.
     pub fn kill(&mut self, name: &str) {
-        if let Some(mut child) = self.node_mut(name).child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.node_mut(name).kill();
     }
 
     /// SIGTERM to the daemon of `name`, waiting for it to exit.
     pub fn stop(&mut self, name: &str) {
-        if let Some(mut child) = self.node_mut(name).child.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) on the PID of a child we started and have not reaped.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let _ = child.wait();
-        }
+        self.node_mut(name).stop();
     }
 
     /// Takes `name`'s link down (a full partition of that node).

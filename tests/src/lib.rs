@@ -125,6 +125,25 @@ impl TestNode {
         )
     }
 
+    /// `kill -9` of this node's daemon (by PID), reaped.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A clean stop (SIGTERM) of this node's daemon, waiting for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on the PID of a child this harness started and has not reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let _ = child.wait();
+        }
+    }
+
     /// Waits until this node holds its lease (a new leader grants none during its blackout),
     /// so that writes on it go through at once instead of waiting for the lease.
     pub fn wait_lease(&self) {
@@ -253,21 +272,12 @@ impl TestCluster {
 
     /// `kill -9` of the daemon of `name`.
     pub fn kill(&mut self, name: &str) {
-        if let Some(mut child) = self.node_mut(name).child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.node_mut(name).kill();
     }
 
     /// A clean stop (SIGTERM) of the daemon of `name`, waiting for it to exit.
     pub fn stop(&mut self, name: &str) {
-        if let Some(mut child) = self.node_mut(name).child.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) on the PID of a child this harness started and has not reaped.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let _ = child.wait();
-        }
+        self.node_mut(name).stop();
     }
 
     /// A fresh join token from `via`. While a new second voter is still starting, a two-voter
