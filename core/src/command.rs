@@ -241,6 +241,20 @@ pub struct StatusReport {
     /// The newest timeline events.
     #[serde(default)]
     pub recent_events: Vec<Recorded>,
+    /// Every group in one line: where it is placed and which node holds (runs) it.
+    #[serde(default)]
+    pub groups: Vec<GroupSummary>,
+}
+
+/// A group at a glance, for `tandem status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub name: String,
+    pub enabled: bool,
+    /// Where the cluster placed it.
+    pub placed_on: Option<String>,
+    /// The node that acquired it and may be running its resources.
+    pub held_by: Option<String>,
 }
 
 /// One node's line in a status table.

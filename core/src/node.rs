@@ -687,7 +687,29 @@ impl NodeCore {
             applied_index: self.applied,
             nodes,
             recent_events: self.state.timeline.since(0, RECENT_EVENTS),
+            groups: self.group_summaries(),
         }
+    }
+
+    fn group_summaries(&self) -> Vec<crate::command::GroupSummary> {
+        let name = |node: Option<NodeId>| {
+            node.map(|id| {
+                self.state
+                    .nodes
+                    .get(&id)
+                    .map_or_else(|| format!("node {id}"), |info| info.name.clone())
+            })
+        };
+        self.state
+            .groups
+            .values()
+            .map(|group| crate::command::GroupSummary {
+                name: group.spec.name.clone(),
+                enabled: group.spec.enabled,
+                placed_on: name(group.status.node),
+                held_by: name(group.status.holder),
+            })
+            .collect()
     }
 
     fn node_status(&self, now: u64, node: &NodeInfo, leader: Option<NodeId>) -> NodeStatus {

@@ -366,6 +366,23 @@ fn status_table(status: &StatusReport) -> String {
         out.push_str("WARNING: no quorum: no leases are granted, nothing can fail over until a majority of voters is back\n");
     }
     out.push_str(&node_table(&status.nodes));
+    if !status.groups.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<20} {:<8} {:<12} RUNNING ON",
+            "GROUP", "ENABLED", "PLACED ON"
+        );
+        for group in &status.groups {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:<12} {}",
+                group.name,
+                if group.enabled { "yes" } else { "no" },
+                group.placed_on.as_deref().unwrap_or("-"),
+                group.held_by.as_deref().unwrap_or("-")
+            );
+        }
+    }
     if !status.recent_events.is_empty() {
         let names = status
             .nodes
@@ -506,9 +523,19 @@ mod tests {
                     "2 resource(s) started here".into(),
                 ),
             }],
+            groups: vec![tandem_core::command::GroupSummary {
+                name: "db".into(),
+                enabled: true,
+                placed_on: Some("n2".into()),
+                held_by: Some("n2".into()),
+            }],
         };
         let text = reply(&Reply::Status(status));
         assert!(text.contains("01:02:03.004 n2"), "{text}");
+        assert!(
+            text.contains("db                   yes      n2           n2"),
+            "{text}"
+        );
         assert!(text.contains("started     db"), "{text}");
         assert!(text.contains("leader n1 (term 3)"), "{text}");
         assert!(text.contains("quorum: NO (1/2 voters online)"), "{text}");
