@@ -10,6 +10,7 @@ use tandem_tests::{require_root_and_fuse, tandem_bin, text};
 #[test]
 fn the_demo_fails_over_keeps_every_acknowledged_write_and_cleans_up() {
     require_root_and_fuse("tests/demo.rs");
+    let fusectl_before = fusectl_mounted();
     let output = Command::new(tandem_bin())
         .arg("demo")
         .output()
@@ -41,6 +42,16 @@ fn the_demo_fails_over_keeps_every_acknowledged_write_and_cleans_up() {
     );
     let root = std::env::temp_dir().join(format!("tandem-demo-{pid}"));
     assert!(!root.exists(), "{} was not removed", root.display());
+    // Powering a node off aborts its FUSE connections through fusectl; a fusectl mount made
+    // for that is removed again.
+    assert_eq!(fusectl_mounted(), fusectl_before, "the fusectl mount was left behind");
+}
+
+fn fusectl_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .any(|line| line.contains(" /sys/fs/fuse/connections "))
 }
 
 #[test]

@@ -7,15 +7,40 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+/// One line of `/proc/self/mountinfo`: what this module needs of it.
+struct Mount {
+    point: PathBuf,
+    /// `major:minor` of the mounted file system (for FUSE: the connection number is minor).
+    device: String,
+    fstype: String,
+    source: String,
+}
+
+/// The current mounts; none when mountinfo cannot be read.
+fn mounts() -> Vec<Mount> {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|field| *field == "-")?;
+            Some(Mount {
+                point: PathBuf::from(fields.get(4)?.replace("\\040", " ")),
+                device: fields.get(2)?.to_string(),
+                fstype: fields.get(dash + 1)?.to_string(),
+                source: fields.get(dash + 2)?.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// Lazily unmounts every mount point at or below `root`, deepest first.
 pub fn unmount_below(root: &Path) {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+    let mut points: Vec<PathBuf> = mounts()
+        .into_iter()
+        .map(|mount| mount.point)
         .filter(|point| point.starts_with(root))
         .collect();
     points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
@@ -58,19 +83,8 @@ pub fn loops_below(root: &Path) -> Vec<String> {
 
 /// Unmounts what is mounted from `device` (lazily), then detaches it.
 pub fn detach_loop(device: &str) {
-    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
-        for line in mountinfo.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let source = fields
-                .iter()
-                .position(|field| *field == "-")
-                .and_then(|dash| fields.get(dash + 2));
-            if source == Some(&device) {
-                if let Some(point) = fields.get(4) {
-                    unmount_lazily(Path::new(&point.replace("\\040", " ")));
-                }
-            }
-        }
+    for mount in mounts().into_iter().filter(|mount| mount.source == device) {
+        unmount_lazily(&mount.point);
     }
     let _ = std::process::Command::new("losetup")
         .args(["-d", device])
@@ -88,37 +102,31 @@ pub fn release_below(root: &Path) {
     unmount_below(root);
 }
 
-/// Aborts the FUSE connection of every FUSE mount at or below `root` (through the fusectl
-/// file system, mounted on demand): pending and future requests fail at once instead of
-/// waiting for a server that is gone.
+/// Aborts the FUSE connection of every FUSE mount at or below `root`: pending and future
+/// requests fail at once instead of waiting for a server that is gone. The fusectl file
+/// system is mounted for this if it is not, and unmounted again afterwards.
 pub fn abort_fuse_below(root: &Path) {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let connections: Vec<String> = mounts()
+        .into_iter()
+        .filter(|m| {
+            m.point.starts_with(root) && (m.fstype == "fuse" || m.fstype.starts_with("fuse."))
+        })
+        .filter_map(|m| m.device.split(':').nth(1).map(str::to_string))
+        .collect();
+    if connections.is_empty() {
         return;
-    };
-    let connections = Path::new("/sys/fs/fuse/connections");
-    for line in mountinfo.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let (Some(device), Some(point)) = (fields.get(2), fields.get(4)) else {
-            continue;
-        };
-        let fstype = fields
-            .iter()
-            .position(|field| *field == "-")
-            .and_then(|dash| fields.get(dash + 1));
-        let is_fuse = fstype.is_some_and(|t| *t == "fuse" || t.starts_with("fuse."));
-        let point = PathBuf::from(point.replace("\\040", " "));
-        if !is_fuse || !point.starts_with(root) {
-            continue;
-        }
-        let Some(minor) = device.split(':').nth(1) else {
-            continue;
-        };
-        if !connections.join(minor).exists() {
-            let _ = std::process::Command::new("mount")
-                .args(["-t", "fusectl", "fusectl"])
-                .arg(connections)
-                .output();
-        }
-        let _ = std::fs::write(connections.join(minor).join("abort"), "1");
+    }
+    let control = Path::new("/sys/fs/fuse/connections");
+    let mounted_here = !mounts().iter().any(|m| m.point == control)
+        && std::process::Command::new("mount")
+            .args(["-t", "fusectl", "fusectl"])
+            .arg(control)
+            .status()
+            .is_ok_and(|status| status.success());
+    for connection in connections {
+        let _ = std::fs::write(control.join(connection).join("abort"), "1");
+    }
+    if mounted_here {
+        unmount_lazily(control);
     }
 }
