@@ -44,7 +44,11 @@ fn the_demo_fails_over_keeps_every_acknowledged_write_and_cleans_up() {
     assert!(!root.exists(), "{} was not removed", root.display());
     // Powering a node off aborts its FUSE connections through fusectl; a fusectl mount made
     // for that is removed again.
-    assert_eq!(fusectl_mounted(), fusectl_before, "the fusectl mount was left behind");
+    assert_eq!(
+        fusectl_mounted(),
+        fusectl_before,
+        "the fusectl mount was left behind"
+    );
 }
 
 fn fusectl_mounted() -> bool {

@@ -183,6 +183,21 @@ impl World {
         self.events.iter().map(|e| e.kind).collect()
     }
 
+    /// Applies a group change as if the cluster had committed it.
+    fn commit(&mut self, change: GroupChange) {
+        self.state.apply(&StateChange::Group(change)).unwrap();
+    }
+
+    /// The leader places the group on `node` (at the current placement epoch).
+    fn place(&mut self, node: Option<NodeId>) {
+        let epoch = self.group().epoch;
+        self.commit(GroupChange::Placed {
+            group: "db".into(),
+            node,
+            epoch,
+        });
+    }
+
     fn group(&self) -> &crate::group::GroupStatus {
         &self.state.groups["db"].status
     }
@@ -219,29 +234,26 @@ fn a_placed_group_is_acquired_promoted_started_in_order_and_healthy() {
 #[test]
 fn a_group_held_by_another_node_is_not_started() {
     let mut world = World::new(B, A);
-    let acquire = GroupChange::Acquire {
+    world.commit(GroupChange::Acquire {
         group: "db".into(),
         node: A,
         epoch: 1,
-    };
-    world.state.apply(&StateChange::Group(acquire)).unwrap();
-    let place = GroupChange::Placed {
+    });
+    world.commit(GroupChange::Placed {
         group: "db".into(),
         node: Some(B),
         epoch: 1,
-    };
-    world.state.apply(&StateChange::Group(place)).unwrap();
+    });
     for _ in 0..5 {
         world.tick(500);
     }
     assert!(world.runs.is_empty());
     assert!(world.proposed.is_empty(), "{:?}", world.proposed);
     // Once A released, B acquires and starts.
-    let release = GroupChange::Release {
+    world.commit(GroupChange::Release {
         group: "db".into(),
         node: A,
-    };
-    world.state.apply(&StateChange::Group(release)).unwrap();
+    });
     world.tick(10);
     assert_eq!(world.group().holder, Some(B));
 }
@@ -250,13 +262,7 @@ fn a_group_held_by_another_node_is_not_started() {
 fn a_moved_group_stops_in_reverse_demotes_then_releases() {
     let mut world = World::new(A, A);
     world.start_all();
-    let epoch = world.group().epoch;
-    let place = GroupChange::Placed {
-        group: "db".into(),
-        node: Some(B),
-        epoch,
-    };
-    world.state.apply(&StateChange::Group(place)).unwrap();
+    world.place(Some(B));
     world.tick(10);
     world.complete(2, OpKind::Stop, Outcome::NotRunning);
     world.complete(1, OpKind::Stop, Outcome::NotRunning);
@@ -343,12 +349,11 @@ fn a_monitor_failure_restarts_from_the_failed_resource_then_gives_up() {
 fn a_fenced_primary_is_taken_over() {
     let mut world = World::new(B, A);
     // A ran the group and died; the leader fenced it and placed the group on B.
-    let acquire = GroupChange::Acquire {
+    world.commit(GroupChange::Acquire {
         group: "db".into(),
         node: A,
         epoch: 1,
-    };
-    world.state.apply(&StateChange::Group(acquire)).unwrap();
+    });
     let volume = world.state.volume_by_name("db").unwrap().id;
     let promote = VolumeChange::Promote {
         volume,
@@ -359,17 +364,15 @@ fn a_fenced_primary_is_taken_over() {
     world.state.apply(&StateChange::Volume(promote)).unwrap();
     world.tick(10);
     assert!(world.proposed.is_empty(), "nothing while A holds the group");
-    let fence = GroupChange::Fence {
+    world.commit(GroupChange::Fence {
         group: "db".into(),
         node: A,
-    };
-    world.state.apply(&StateChange::Group(fence)).unwrap();
-    let place = GroupChange::Placed {
+    });
+    world.commit(GroupChange::Placed {
         group: "db".into(),
         node: Some(B),
         epoch: 1,
-    };
-    world.state.apply(&StateChange::Group(place)).unwrap();
+    });
     world.tick(10);
     world.tick(10);
     let takeover = world.proposed.iter().any(|change| {
@@ -444,13 +447,7 @@ fn after_a_daemon_restart_left_overs_are_stopped_first() {
 fn a_failed_stop_keeps_the_group_held_and_is_retried() {
     let mut world = World::new(A, A);
     world.start_all();
-    let epoch = world.group().epoch;
-    let place = GroupChange::Placed {
-        group: "db".into(),
-        node: Some(B),
-        epoch,
-    };
-    world.state.apply(&StateChange::Group(place)).unwrap();
+    world.place(Some(B));
     world.tick(10);
     world.complete(2, OpKind::Stop, Outcome::Failed("timed out".into()));
     world.tick(1_000);
@@ -499,13 +496,7 @@ fn a_promotion_that_commits_after_the_group_moved_is_demoted_before_release() {
         .promotion(world.inputs(), "db", "db")
         .unwrap()
         .unwrap();
-    let epoch = world.group().epoch;
-    let place = GroupChange::Placed {
-        group: "db".into(),
-        node: Some(B),
-        epoch,
-    };
-    world.state.apply(&StateChange::Group(place)).unwrap();
+    world.place(Some(B));
     world.state.apply(&promote).unwrap();
     assert_eq!(world.primary(), Some(A));
     world.tick(10);

@@ -61,27 +61,14 @@ pub struct GroupDef {
     pub failback: Failback,
     #[serde(default)]
     pub stickiness: u32,
-    #[serde(default = "default_max_restarts")]
+    #[serde(default = "crate::group::default_max_restarts")]
     pub max_restarts: u32,
-    #[serde(default = "default_restart_window")]
+    #[serde(default = "crate::group::default_restart_window")]
     pub restart_window_secs: u64,
-    #[serde(default = "default_quarantine")]
+    #[serde(default = "crate::group::default_quarantine")]
     pub quarantine_secs: u64,
-    #[serde(default = "default_enabled")]
+    #[serde(default = "crate::group::default_enabled")]
     pub enabled: bool,
-}
-
-fn default_max_restarts() -> u32 {
-    DEFAULT_MAX_RESTARTS
-}
-fn default_restart_window() -> u64 {
-    DEFAULT_RESTART_WINDOW_SECS
-}
-fn default_quarantine() -> u64 {
-    DEFAULT_QUARANTINE_SECS
-}
-fn default_enabled() -> bool {
-    true
 }
 
 impl GroupDef {

@@ -218,16 +218,16 @@ pub struct GroupSpec {
     pub enabled: bool,
 }
 
-fn default_max_restarts() -> u32 {
+pub(crate) fn default_max_restarts() -> u32 {
     DEFAULT_MAX_RESTARTS
 }
-fn default_restart_window() -> u64 {
+pub(crate) fn default_restart_window() -> u64 {
     DEFAULT_RESTART_WINDOW_SECS
 }
-fn default_quarantine() -> u64 {
+pub(crate) fn default_quarantine() -> u64 {
     DEFAULT_QUARANTINE_SECS
 }
-fn default_enabled() -> bool {
+pub(crate) fn default_enabled() -> bool {
     true
 }
 

@@ -289,12 +289,7 @@ fn image_of(state_dir: &std::path::Path, spec: &ResourceSpec, core: &NodeCore) -
         return None;
     };
     core.state().volume_by_name(volume)?;
-    Some(
-        state_dir
-            .join("images")
-            .join(volume)
-            .join(format!("{volume}.img")),
-    )
+    crate::fuse_export::image_path(state_dir, volume)
 }
 
 fn unix_now_ms() -> u64 {

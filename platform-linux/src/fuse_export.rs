@@ -195,6 +195,13 @@ impl Drop for FuseExport {
     }
 }
 
+/// Where the primary exports `volume`'s image: `<state-dir>/images/<vol>/<vol>.img`; `None`
+/// for a name that could escape the directory.
+pub fn image_path(state_dir: &Path, volume: &str) -> Option<PathBuf> {
+    let file = image_file_name(volume)?;
+    Some(state_dir.join("images").join(volume).join(file))
+}
+
 /// `<volume>.img`, or `None` when the name could escape the directory or is not a name.
 fn image_file_name(volume: &str) -> Option<String> {
     let valid = !volume.is_empty()
@@ -953,6 +960,12 @@ mod tests {
     #[test]
     fn image_names_cannot_escape_the_mount_directory() {
         assert_eq!(image_file_name("db").as_deref(), Some("db.img"));
+        let state_dir = Path::new("/var/lib/tandem");
+        assert_eq!(
+            image_path(state_dir, "db"),
+            Some(PathBuf::from("/var/lib/tandem/images/db/db.img"))
+        );
+        assert_eq!(image_path(state_dir, ".."), None);
         assert_eq!(image_file_name("my.vol-1").as_deref(), Some("my.vol-1.img"));
         for bad in ["", ".", "..", "a/b", "../x", "nul\0"] {
             assert_eq!(image_file_name(bad), None, "{bad:?}");

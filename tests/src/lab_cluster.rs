@@ -416,10 +416,7 @@ impl LabCluster {
 impl Drop for LabCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            node.kill();
         }
         unmount_below(&self.root);
         if std::thread::panicking() {

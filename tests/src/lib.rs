@@ -352,10 +352,7 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            node.kill();
         }
         unmount_below(&self.root);
         if std::thread::panicking() {
