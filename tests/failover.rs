@@ -376,9 +376,9 @@ fn partition_old_node_stops_before_new_node_starts() {
     partition_case("fopart", false);
 }
 
-/// The same under client load. Fails today: writes in flight at the cut are held (waiting
-/// for the unreachable peer leg to be committed Outdated, which a cannot commit), so a's
-/// service hangs in fsync, its stop hangs, and the VIP (stopped after it) stays on a.
+/// The same under client load: writes in flight at the cut are held (waiting for the
+/// unreachable peer leg to be committed Outdated, which a cannot commit); once a's lease is
+/// gone they fail, so its service, its VIP and its file system still stop in time.
 #[test]
 fn partition_under_load_old_node_stops_before_new_node_starts() {
     partition_case("foload", true);
@@ -570,6 +570,42 @@ fn group_move_and_node_standby_switch_over_cleanly() {
         .expect("b in status");
     assert_eq!(b["admin"], "online", "{b}");
     assert_eq!(rig.group("w", app.group)["node"], "a");
+}
+
+/// SIGTERM to the active node's daemon: it stops its group in reverse order, demotes and
+/// releases it while its event loop still runs (it used to hang in the unmount with nothing
+/// able to commit), then exits; the group ends up on b with every acknowledged increment.
+#[test]
+fn a_clean_stop_of_the_active_node_releases_the_group_to_the_other_node() {
+    let mut rig = Rig::form("fostop");
+    let app = counter_app(&rig);
+    assert_eq!(rig.increments(app.target, 5), [1, 2, 3, 4, 5]);
+    let mark = rig.mark();
+    let pid = rig.cluster.pid("a").expect("a's daemon runs");
+    // SAFETY: kill(2) on the PID of the daemon this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_for(
+        "a's daemon to exit after SIGTERM",
+        Duration::from_secs(100),
+        || (!alive(pid as i32)).then_some(()),
+    );
+    rig.cluster.kill("a"); // reaps it
+    let stopped = rig.wait_event("w", mark, "a", app.group, "stopped");
+    let demoted = rig.wait_event("w", mark, "a", app.group, "demoted");
+    let promoted = rig.wait_event("w", mark, "b", app.group, "promoted");
+    rig.wait_event("w", mark, "b", app.group, "healthy");
+    assert!(
+        demoted.at_unix_ms <= stopped.at_unix_ms && stopped.at_unix_ms <= promoted.at_unix_ms,
+        "a must stop before b promotes:\n{}",
+        list(&since(&rig, mark))
+    );
+    assert!(
+        !demoted.detail.contains("no lease"),
+        "a clean stop demotes through the cluster: {}",
+        demoted.detail
+    );
+    assert_eq!(counter_on(&rig, &app, "b"), 5);
+    assert!(rig.has_address("b", app.vip) && !rig.has_address("a", app.vip));
 }
 
 /// An nginx configuration serving a fixed answer on `vip:port`, everything in `dir`.

@@ -7,8 +7,7 @@
 //! All nodes share one mount namespace here, so a killed node's mount and loop device would
 //! stay behind (on a real machine they vanish with the power); `power_loss` removes them by
 //! their exact paths (`tandem_linux::host_cleanup`). On drop, the rig kills every daemon it
-//! started by PID (SIGKILL, not SIGTERM: a clean stop of a primary whose peer stops at the
-//! same time hangs in its unmount today), kills the daemonized services it was told about (by
+//! started by PID (SIGKILL: quick, and the clean stop has its own test), kills the daemonized services it was told about (by
 //! the PID in their pid file, checked against the process's name), then lets the
 //! [`LabCluster`] release the mounts and loop devices below its directory, remove it and the
 //! namespaces. On a failed test it prints the timeline and the resource logs before the
