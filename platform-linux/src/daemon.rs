@@ -1,9 +1,11 @@
 //! `tandem daemon`: the event loop that feeds the core and carries out its actions.
 //!
 //! One task owns the `NodeCore` and the durable log. Network frames, control commands, join
-//! requests and a 10 ms ticker arrive as events; after each event the loop drains the core's
-//! actions in order: send frames, persist (write + fdatasync, then report completion), compact,
-//! answer waiting callers. The loop has no cluster logic of its own.
+//! requests, Raft-log completions and a 10 ms ticker arrive as events; after each event the loop
+//! drains the core's actions in order: send frames, hand persists and compactions to the log's
+//! writer thread (`log_writer`: the loop never waits for fsync), answer waiting callers. The
+//! loop has no cluster logic of its own, and it never blocks: a stalled loop sends no
+//! heartbeats and loses the lease, so `LoopWatch` logs every stall with its cause.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,9 +20,11 @@ use crate::agent_host::{AgentHost, Completion};
 use crate::config::{self, NodeConfig};
 use crate::control::{self, ControlRequest};
 use crate::join::{JoinGrant, JoinReply, JoinRequest, PeerEntry};
+use crate::log_writer::{LogWriter, WriteDone};
+use crate::loop_watch::LoopWatch;
 use crate::pki::{self, CaMaterial};
 use crate::raftlog::DurableLog;
-use crate::statedir::StateDir;
+use crate::statedir::{Identity, StateDir};
 use crate::token::JoinToken;
 use crate::transport::{self, Inbound, Links, LocalIdentity, PeerAddress};
 use crate::volume_io::LeaseGate;
@@ -79,10 +83,21 @@ impl Waiter {
     }
 }
 
+/// What woke the event loop.
+enum LoopEvent {
+    Tick,
+    Inbound(Inbound),
+    Control(ControlRequest),
+    Proposal(StateChange),
+    Resource(Box<Completion>),
+    LogWritten(WriteDone),
+    Stop,
+}
+
 /// The running node.
 struct Daemon {
     core: NodeCore,
-    log: DurableLog,
+    log: LogWriter,
     links: Links,
     started: Instant,
     ca: CaMaterial,
@@ -144,30 +159,16 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     dir.check_matches_certificate(&identity)?;
     let node = dir.load_node_material()?;
     let ca = dir.load_ca()?;
-    let (log, recovered) = DurableLog::open(&dir.raft_dir(), identity.cluster)?;
-    let durable = tandem_core::DurableState {
-        hard_state: recovered.hard_state,
-        snapshot: recovered.snapshot.unwrap_or_default(),
-        entries: recovered.entries,
-    };
     let started = Instant::now();
-    let mut core = NodeCore::restore(
-        identity.cluster,
-        identity.node_id,
-        durable,
-        timing_from(&config),
-        0,
-    )
-    .with_context(|| format!("cannot start node from {}", dir.raft_dir().display()))?;
-    core.seed_elections(rand::random());
+    let (core, log, log_done) = restore_core(&dir, &identity, &config)?;
     let listener = transport::listen(&config.listen).await?;
     let control_listener = control::bind(&dir.control_socket_path()).await?;
     let me = LocalIdentity {
         cluster: identity.cluster,
         node: identity.node_id,
     };
-    let (inbound_tx, mut inbound) = mpsc::channel(4096);
-    let (control_tx, mut control_rx) = mpsc::channel(64);
+    let (inbound_tx, inbound) = mpsc::channel(4096);
+    let (control_tx, control_rx) = mpsc::channel(64);
     tokio::spawn(transport::serve(
         listener,
         pki::server_config(&ca.cert_pem, &node)?,
@@ -176,7 +177,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     ));
     tokio::spawn(control::serve(control_listener, control_tx));
     let client_tls = pki::client_config(&ca.cert_pem, &node)?;
-    let (proposals_tx, mut proposals) = mpsc::channel(256);
+    let (proposals_tx, proposals) = mpsc::channel(256);
     let lease = Arc::new(LeaseGate::new());
     let host = HostContext {
         me: identity.node_id,
@@ -186,7 +187,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         proposals: proposals_tx,
         lease: lease.clone(),
     };
-    let (agents, mut completions) = AgentHost::new(identity.node_id, dir.root().to_path_buf());
+    let (agents, completions) = AgentHost::new(identity.node_id, dir.root().to_path_buf());
     let mut daemon = Daemon {
         core,
         log,
@@ -215,23 +216,83 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         config.listen
     );
     sd_notify_ready();
+    let mut inputs = Inputs {
+        inbound,
+        control: control_rx,
+        proposals,
+        completions,
+        log_done,
+    };
+    event_loop(&mut daemon, &mut inputs).await?;
+    daemon.agents.shutdown(&daemon.core).await;
+    daemon.volumes.shutdown().await;
+    daemon.log.finish();
+    let _ = std::fs::remove_file(dir.control_socket_path());
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// The core as the durable log left it, and the log's writer thread.
+fn restore_core(
+    dir: &StateDir,
+    identity: &Identity,
+    config: &NodeConfig,
+) -> anyhow::Result<(NodeCore, LogWriter, mpsc::Receiver<WriteDone>)> {
+    let (log, recovered) = DurableLog::open(&dir.raft_dir(), identity.cluster)?;
+    let durable = tandem_core::DurableState {
+        hard_state: recovered.hard_state,
+        snapshot: recovered.snapshot.unwrap_or_default(),
+        entries: recovered.entries,
+    };
+    let mut core = NodeCore::restore(
+        identity.cluster,
+        identity.node_id,
+        durable,
+        timing_from(config),
+        0,
+    )
+    .with_context(|| format!("cannot start node from {}", dir.raft_dir().display()))?;
+    core.seed_elections(rand::random());
+    let (log, log_done) = LogWriter::start(log).context("cannot start the Raft log writer")?;
+    Ok((core, log, log_done))
+}
+
+/// The channels the event loop listens on (besides its ticker and signals).
+struct Inputs {
+    inbound: mpsc::Receiver<Inbound>,
+    control: mpsc::Receiver<ControlRequest>,
+    proposals: mpsc::Receiver<StateChange>,
+    completions: mpsc::Receiver<Completion>,
+    log_done: mpsc::Receiver<WriteDone>,
+}
+
+/// Runs until the node is removed, or a clean stop finished (or gave up after
+/// `SHUTDOWN_LIMIT`). A clean stop keeps the loop running while the groups here stop, demote
+/// and release, so their proposals can commit.
+async fn event_loop(daemon: &mut Daemon, inputs: &mut Inputs) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    // A clean stop keeps the loop running while the groups here stop, demote and release,
-    // so their proposals can commit; then the daemon exits.
     let mut stopping: Option<Instant> = None;
+    let mut watch = LoopWatch::new();
     loop {
-        tokio::select! {
-            _ = ticker.tick() => daemon.on_tick(),
-            Some(event) = inbound.recv() => daemon.on_inbound(event),
-            Some(request) = control_rx.recv() => daemon.on_control(request),
-            Some(change) = proposals.recv() => daemon.propose_internal(change),
-            Some(done) = completions.recv() => daemon.on_resource_done(done),
-            _ = terminate.recv() => daemon.begin_stop(&mut stopping),
-            _ = tokio::signal::ctrl_c() => daemon.begin_stop(&mut stopping),
+        let event = tokio::select! {
+            _ = ticker.tick() => LoopEvent::Tick,
+            Some(event) = inputs.inbound.recv() => LoopEvent::Inbound(event),
+            Some(request) = inputs.control.recv() => LoopEvent::Control(request),
+            Some(change) = inputs.proposals.recv() => LoopEvent::Proposal(change),
+            Some(done) = inputs.completions.recv() => LoopEvent::Resource(Box::new(done)),
+            Some(done) = inputs.log_done.recv() => LoopEvent::LogWritten(done),
+            _ = terminate.recv() => LoopEvent::Stop,
+            _ = tokio::signal::ctrl_c() => LoopEvent::Stop,
+        };
+        let started = Instant::now();
+        if matches!(event, LoopEvent::Tick) {
+            watch.ticked(started);
         }
+        let label = daemon.handle(event, &mut stopping)?;
         daemon.drain()?;
+        watch.handled(label, started.elapsed());
         if daemon.core.is_removed() {
             tracing::warn!("this node was removed from the cluster; the daemon stops");
             break;
@@ -243,10 +304,6 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    daemon.agents.shutdown(&daemon.core).await;
-    daemon.volumes.shutdown().await;
-    let _ = std::fs::remove_file(dir.control_socket_path());
-    tracing::info!("daemon stopped");
     Ok(())
 }
 
@@ -293,11 +350,62 @@ impl Daemon {
         }
     }
 
+    /// Handles one event; returns what it was, for the loop watch.
+    fn handle(
+        &mut self,
+        event: LoopEvent,
+        stopping: &mut Option<Instant>,
+    ) -> anyhow::Result<&'static str> {
+        Ok(match event {
+            LoopEvent::Tick => {
+                self.on_tick();
+                "a tick"
+            }
+            LoopEvent::Inbound(event) => {
+                self.on_inbound(event);
+                "a peer frame"
+            }
+            LoopEvent::Control(request) => {
+                self.on_control(request);
+                "a command"
+            }
+            LoopEvent::Proposal(change) => {
+                self.propose_internal(change);
+                "an agent proposal"
+            }
+            LoopEvent::Resource(done) => {
+                self.on_resource_done(*done);
+                "a resource completion"
+            }
+            LoopEvent::LogWritten(done) => {
+                self.on_log_written(done)?;
+                "a log write completion"
+            }
+            LoopEvent::Stop => {
+                self.begin_stop(stopping);
+                "a stop signal"
+            }
+        })
+    }
+
     fn begin_stop(&mut self, stopping: &mut Option<Instant>) {
         if stopping.is_none() {
             tracing::info!("stopping: the groups here stop and are released first");
             *stopping = Some(Instant::now());
             self.agents.shut_down();
+        }
+    }
+
+    /// A persist is durable: the core may now send what waited for it.
+    fn on_log_written(&mut self, done: WriteDone) -> anyhow::Result<()> {
+        match done {
+            WriteDone::Persisted { number } => {
+                self.core.persisted(number);
+                Ok(())
+            }
+            WriteDone::Failed { what, error } => Err(anyhow::Error::new(error).context(format!(
+                "cannot {what} the Raft log; stopping rather than risk the cluster's safety"
+            ))),
         }
     }
 
@@ -512,21 +620,8 @@ impl Daemon {
                 hard_state,
                 entries,
                 snapshot,
-            } => {
-                let log = &mut self.log;
-                tokio::task::block_in_place(|| {
-                    log.append(hard_state.as_ref(), &entries, snapshot.as_ref())
-                })
-                .context(
-                    "cannot persist the Raft log; stopping rather than risk the cluster's safety",
-                )?;
-                self.core.persisted(number);
-            }
-            Action::Compact { snapshot } => {
-                let log = &mut self.log;
-                tokio::task::block_in_place(|| log.compact(&snapshot))
-                    .context("cannot compact the Raft log")?;
-            }
+            } => self.log.append(number, hard_state, entries, snapshot)?,
+            Action::Compact { snapshot } => self.log.compact(snapshot)?,
             Action::Applied { .. } => {}
             Action::Completed { request, outcome } => {
                 if let Some(waiter) = self.waiting.remove(&request) {

@@ -11,6 +11,8 @@ pub mod host_cleanup;
 pub mod join;
 pub mod lab;
 pub mod leg;
+pub mod log_writer;
+pub mod loop_watch;
 pub mod meta_store;
 pub mod nbd_serve;
 pub mod pki;
