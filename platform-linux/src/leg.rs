@@ -5,7 +5,9 @@
 //! §5), `flush` and FUA writes reach the medium with `fdatasync`. Opening checks the leg is big
 //! enough and creates a missing file sparse, naming the path in every error.
 //!
-//! Blocking calls: callers on the async runtime wrap them in `block_in_place`.
+//! Blocking calls: callers on the async runtime wrap them in `block_in_place`. The replication
+//! engines do not call them for their data path: they submit through the leg's io_uring
+//! (`disk_ring`) and get completions back.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -163,7 +165,13 @@ impl Leg {
         }
     }
 
-    fn write_zero_buffers(&self, offset: u64, length: u64) -> io::Result<()> {
+    /// The descriptor, for the leg's io_uring (`disk_ring`).
+    pub fn raw_fd(&self) -> std::os::unix::io::RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Writes zeros over a range (where fallocate cannot).
+    pub fn write_zero_buffers(&self, offset: u64, length: u64) -> io::Result<()> {
         const CHUNK: u64 = 1 << 20;
         let zeros = vec![0u8; CHUNK as usize];
         let mut done = 0;

@@ -5,6 +5,7 @@ pub mod control;
 pub mod counter_service;
 pub mod daemon;
 pub mod demo;
+pub mod disk_ring;
 pub mod events_cli;
 pub mod fuse_export;
 pub mod host_cleanup;

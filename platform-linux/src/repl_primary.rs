@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::disk_ring::{DiskDone, DiskRing};
 use crate::fuse_export::FuseExport;
 use crate::leg::Leg;
 use crate::meta_store::MetaStore;
@@ -217,10 +218,15 @@ pub async fn run_primary(
     inputs: mpsc::Sender<EngineInput>,
     receiver: mpsc::Receiver<EngineInput>,
 ) {
-    let _exclusive = setup.leg_lock.clone().lock_owned().await;
+    let exclusive = setup.leg_lock.clone().lock_owned().await;
     let (leg, primary, keeper) = match prepare(&setup, primary) {
         Ok(prepared) => prepared,
         Err(error) => return tracing::error!("volume {}: cannot be primary: {error}", setup.name),
+    };
+    // The ring holds the leg lock until its last operation finished.
+    let (ring, disk_done) = match DiskRing::start(leg.clone(), Box::new(exclusive)) {
+        Ok(ring) => ring,
+        Err(error) => return tracing::error!("volume {}: io_uring: {error}", setup.name),
     };
     let mut dialers = JoinSet::new();
     let context = &setup.context;
@@ -256,7 +262,17 @@ pub async fn run_primary(
         primary.epoch(),
         setup.socket.display()
     );
-    run_engine(primary, leg, receiver, setup.context, peer_legs, keeper).await;
+    let disk = (ring, disk_done);
+    run_engine(
+        primary,
+        leg,
+        disk,
+        receiver,
+        setup.context,
+        peer_legs,
+        keeper,
+    )
+    .await;
 }
 
 /// A client waiting for its request, with the byte range it changes (for the activity log).
@@ -266,6 +282,8 @@ type Waiting = (std::sync::mpsc::Sender<bool>, Option<(u64, u64)>);
 struct Engine {
     primary: Primary,
     leg: Arc<Leg>,
+    /// The leg's io_uring: disk operations are submitted here and complete later.
+    ring: DiskRing,
     context: EngineContext,
     started: Instant,
     links: HashMap<LegId, (u64, mpsc::Sender<Vec<u8>>)>,
@@ -286,6 +304,7 @@ struct Engine {
 async fn run_engine(
     primary: Primary,
     leg: Arc<Leg>,
+    (ring, mut disk_done): (DiskRing, mpsc::UnboundedReceiver<DiskDone>),
     mut inputs: mpsc::Receiver<EngineInput>,
     context: EngineContext,
     peer_legs: Vec<LegId>,
@@ -294,6 +313,7 @@ async fn run_engine(
     let mut engine = Engine {
         primary,
         leg,
+        ring,
         context,
         started: Instant::now(),
         links: HashMap::new(),
@@ -312,6 +332,7 @@ async fn run_engine(
                 Some(input) => engine.on_input(input),
                 None => break,
             },
+            Some(done) = disk_done.recv() => engine.disk_completed(done),
             _ = ticker.tick() => {
                 let now = engine.now();
                 engine.primary.tick(now);
@@ -610,14 +631,23 @@ impl Engine {
     }
 
     fn run_disk(&mut self, op: tandem_core::replication::DiskOp) {
-        let leg = self.leg.clone();
-        let result = tokio::task::block_in_place(|| leg.run(op.kind));
-        let reported = match result {
-            Ok(Some(data)) => self.primary.disk_read_done(op.id, data),
-            Ok(None) => self.primary.disk_done(op.id, true),
+        let id = op.id;
+        if let Err(error) = self.ring.submit(op) {
+            tracing::error!("leg {}: {error}", self.leg.path().display());
+            if let Err(error) = self.primary.disk_done(id, false) {
+                tracing::error!("replication core refused a completion: {error}");
+            }
+        }
+    }
+
+    /// A disk operation the ring finished.
+    fn disk_completed(&mut self, done: DiskDone) {
+        let reported = match done.result {
+            Ok(Some(data)) => self.primary.disk_read_done(done.id, data),
+            Ok(None) => self.primary.disk_done(done.id, true),
             Err(error) => {
-                tracing::error!("leg {}: {error}", leg.path().display());
-                self.primary.disk_done(op.id, false)
+                tracing::error!("leg {}: {error}", self.leg.path().display());
+                self.primary.disk_done(done.id, false)
             }
         };
         if let Err(error) = reported {

@@ -17,6 +17,7 @@ use tandem_core::volume::LegId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Mutex};
 
+use crate::disk_ring::{DiskDone, DiskRing, RingStopped};
 use crate::leg::Leg;
 use crate::meta_store::MetaStore;
 use crate::transport::ByteStream;
@@ -41,7 +42,7 @@ pub struct SessionSpec {
 
 /// Runs one replication stream from a primary until it closes or is dropped.
 pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
-    let _exclusive = spec.leg_lock.clone().lock_owned().await;
+    let exclusive = spec.leg_lock.clone().lock_owned().await;
     let expect = Expectation {
         cluster: spec.ident.cluster,
         volume: spec.ident.volume,
@@ -53,9 +54,16 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
     };
     let suspect = suspect_ranges(&store);
     let leg = match Leg::open(&spec.leg_path, spec.size) {
-        Ok(leg) => leg,
+        Ok(leg) => Arc::new(leg),
         Err(error) => {
             return tracing::error!("replication from {}: {error}", spec.peer);
+        }
+    };
+    // The ring holds the leg lock until its last operation finished.
+    let (ring, mut disk_done) = match DiskRing::start(leg.clone(), Box::new(exclusive)) {
+        Ok(ring) => ring,
+        Err(error) => {
+            return tracing::error!("replication from {}: io_uring: {error}", spec.peer);
         }
     };
     tracing::info!(
@@ -95,13 +103,15 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
                 }
                 secondary.set_epoch(*epoch.borrow());
             }
+            Some(done) = disk_done.recv() => disk_completed(&mut secondary, &leg, done),
         }
-        if !drain(&mut secondary, &leg, &mut writer, &spec.peer).await {
+        if !drain(&mut secondary, &ring, &mut writer, &spec.peer).await {
             break;
         }
     }
     reader_task.abort();
-    let _ = leg.flush();
+    drop(ring);
+    let _ = tokio::task::block_in_place(|| leg.flush());
     tracing::info!(
         "volume {}: replication stream from {} ended",
         spec.ident.volume,
@@ -144,10 +154,26 @@ fn suspect_ranges(store: &MetaStore) -> Suspect {
     }
 }
 
-/// Carries out the core's actions; `false` when the link must close.
+/// Reports a finished disk operation to the core.
+fn disk_completed(secondary: &mut Secondary, leg: &Leg, done: DiskDone) {
+    let reported = match done.result {
+        Ok(Some(data)) => secondary.disk_read_done(done.id, data),
+        Ok(None) => secondary.disk_done(done.id, true),
+        Err(error) => {
+            tracing::error!("leg {}: {error}", leg.path().display());
+            secondary.disk_done(done.id, false)
+        }
+    };
+    if let Err(error) = reported {
+        tracing::error!("replication core refused a completion: {error}");
+    }
+}
+
+/// Carries out the core's actions (disk operations are submitted, their completions come
+/// back through the session loop); `false` when the link must close.
 async fn drain(
     secondary: &mut Secondary,
-    leg: &Leg,
+    ring: &DiskRing,
     writer: &mut WriteHalf<Box<dyn ByteStream>>,
     peer: &str,
 ) -> bool {
@@ -165,17 +191,12 @@ async fn drain(
                     }
                 }
                 SecondaryAction::Disk(op) => {
-                    let result = tokio::task::block_in_place(|| leg.run(op.kind));
-                    let reported = match result {
-                        Ok(Some(data)) => secondary.disk_read_done(op.id, data),
-                        Ok(None) => secondary.disk_done(op.id, true),
-                        Err(error) => {
-                            tracing::error!("leg {}: {error}", leg.path().display());
-                            secondary.disk_done(op.id, false)
+                    let id = op.id;
+                    if ring.submit(op).is_err() {
+                        tracing::error!("replication from {peer}: {}", RingStopped);
+                        if let Err(error) = secondary.disk_done(id, false) {
+                            tracing::error!("replication core refused a completion: {error}");
                         }
-                    };
-                    if let Err(error) = reported {
-                        tracing::error!("replication core refused a completion: {error}");
                     }
                 }
                 SecondaryAction::Drop { reason } => {
