@@ -132,6 +132,24 @@ fn device_number(device: &Path) -> Option<(u32, u32)> {
 }
 
 /// The file a loop device serves, from sysfs.
+/// How long a stop waits for a loop device the kernel detaches late.
+const DETACH_WAIT: Duration = Duration::from_secs(3);
+
+/// The kernel defers a loop detach while anything still holds the device open (udev probing
+/// it after the unmount, say); waits for that to pass, and says so if it does not.
+async fn wait_detached(device: &Path) {
+    let deadline = tokio::time::Instant::now() + DETACH_WAIT;
+    while backing_file(device).is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            return tracing::info!(
+                "{}: the kernel detaches it once its last user closes it",
+                device.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn backing_file(device: &Path) -> Option<PathBuf> {
     let name = device.file_name()?.to_str()?;
     let text = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
@@ -524,7 +542,7 @@ impl Filesystem {
         )
         .await
         {
-            Ok(ran) if ran.status.success() => {}
+            Ok(ran) if ran.status.success() => wait_detached(device).await,
             Ok(ran) => tracing::warn!("losetup -d {} failed: {}", device.display(), ran.describe()),
             Err(reason) => tracing::warn!("{reason}"),
         }
