@@ -9,14 +9,19 @@
 //! completed), so reordering is safe; a flush covers the writes completed before it was
 //! submitted, which is exactly what the core asks of it.
 //!
+//! The frontends' reads go through the same ring ([`RingReader`]) and wait for their own
+//! completion.
+//!
 //! The thread sleeps in `io_uring_enter` until a completion arrives; new submissions wake it
-//! through an eventfd that the ring always polls. When the handle is dropped, the thread
-//! finishes every operation in flight before it exits and only then drops what it was given to
-//! hold (the leg lock), so the next role on this leg never races an old write.
+//! through an eventfd that the ring always polls. When the engine's handle is dropped (even if
+//! a frontend still holds a reader), the thread finishes every operation in flight before it
+//! exits and only then drops what it was given to hold (the leg lock), so the next role on
+//! this leg never races an old write.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
@@ -38,9 +43,29 @@ pub struct DiskDone {
     pub result: io::Result<Option<Vec<u8>>>,
 }
 
-/// The engine's handle on a leg's ring.
+/// What the ring is asked to do, and who hears about it.
+enum Request {
+    /// An operation of the replication core: completes on the engine's channel.
+    Engine(DiskOp),
+    /// A frontend's read: completes to the caller waiting on `reply`.
+    Read {
+        offset: u64,
+        len: usize,
+        reply: Sender<io::Result<Vec<u8>>>,
+    },
+}
+
+/// The engine's handle on a leg's ring. Dropping it closes the ring.
 pub struct DiskRing {
-    requests: Option<Sender<DiskOp>>,
+    requests: Sender<Request>,
+    wake: Arc<OwnedFd>,
+    closed: Arc<AtomicBool>,
+}
+
+/// A frontend's handle for reads through the ring; fails once the engine closed the ring.
+#[derive(Clone)]
+pub struct RingReader {
+    requests: Sender<Request>,
     wake: Arc<OwnedFd>,
 }
 
@@ -66,7 +91,8 @@ impl DiskRing {
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
         let (requests, queue) = channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let worker = RingWorker::new(ring, leg, wake.clone(), queue, done_tx);
+        let closed = Arc::new(AtomicBool::new(false));
+        let worker = RingWorker::new(ring, leg, wake.clone(), queue, done_tx, closed.clone());
         std::thread::Builder::new()
             .name("leg-ring".into())
             .spawn(move || {
@@ -74,8 +100,9 @@ impl DiskRing {
                 drop(hold);
             })?;
         let handle = DiskRing {
-            requests: Some(requests),
+            requests,
             wake,
+            closed,
         };
         Ok((handle, done_rx))
     }
@@ -83,17 +110,38 @@ impl DiskRing {
     /// Submits `op`; its `DiskDone` arrives on the completion channel. The number in flight
     /// is bounded by the core's request window (and the ring holds back past `RING_DEPTH`).
     pub fn submit(&self, op: DiskOp) -> Result<(), RingStopped> {
-        let requests = self.requests.as_ref().ok_or(RingStopped)?;
-        requests.send(op).map_err(|_| RingStopped)?;
+        self.requests
+            .send(Request::Engine(op))
+            .map_err(|_| RingStopped)?;
         wake(self.wake.as_raw_fd());
         Ok(())
+    }
+
+    /// A handle for the frontends' reads.
+    pub fn reader(&self) -> RingReader {
+        RingReader {
+            requests: self.requests.clone(),
+            wake: self.wake.clone(),
+        }
     }
 }
 
 impl Drop for DiskRing {
     fn drop(&mut self) {
-        self.requests = None;
+        self.closed.store(true, Ordering::SeqCst);
         wake(self.wake.as_raw_fd());
+    }
+}
+
+impl RingReader {
+    /// Reads `len` bytes at `offset` through the ring, waiting for the completion.
+    pub fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let stopped = || io::Error::other(RingStopped.to_string());
+        let (reply, answer) = channel();
+        let request = Request::Read { offset, len, reply };
+        self.requests.send(request).map_err(|_| stopped())?;
+        wake(self.wake.as_raw_fd());
+        answer.recv().map_err(|_| stopped())?
     }
 }
 
@@ -106,8 +154,14 @@ fn wake(fd: RawFd) {
 
 /// An operation in flight, with the buffer the kernel reads or fills.
 struct InFlight {
-    id: u64,
+    reply: Reply,
     step: Step,
+}
+
+/// Who is told when an operation finishes.
+enum Reply {
+    Engine(u64),
+    Caller(Sender<io::Result<Vec<u8>>>),
 }
 
 enum Step {
@@ -133,11 +187,13 @@ struct RingWorker {
     ring: IoUring,
     leg: Arc<Leg>,
     wake: Arc<OwnedFd>,
-    queue: Receiver<DiskOp>,
+    queue: Receiver<Request>,
     done: mpsc::UnboundedSender<DiskDone>,
     in_flight: HashMap<u64, InFlight>,
     backlog: VecDeque<InFlight>,
     next_key: u64,
+    /// Set when the engine dropped its handle.
+    closing: Arc<AtomicBool>,
     closed: bool,
 }
 
@@ -146,8 +202,9 @@ impl RingWorker {
         ring: IoUring,
         leg: Arc<Leg>,
         wake: Arc<OwnedFd>,
-        queue: Receiver<DiskOp>,
+        queue: Receiver<Request>,
         done: mpsc::UnboundedSender<DiskDone>,
+        closing: Arc<AtomicBool>,
     ) -> RingWorker {
         RingWorker {
             ring,
@@ -158,6 +215,7 @@ impl RingWorker {
             in_flight: HashMap::new(),
             backlog: VecDeque::new(),
             next_key: 0,
+            closing,
             closed: false,
         }
     }
@@ -184,18 +242,29 @@ impl RingWorker {
     }
 
     fn take_requests(&mut self) {
+        // Read the flag first: whatever was queued before the close is still carried out.
+        self.closed |= self.closing.load(Ordering::SeqCst);
         loop {
-            match self.queue.try_recv() {
-                Ok(op) => {
-                    let step = step_of(op.kind);
-                    self.backlog.push_back(InFlight { id: op.id, step });
-                }
+            let op = match self.queue.try_recv() {
+                Ok(Request::Engine(op)) => InFlight {
+                    reply: Reply::Engine(op.id),
+                    step: step_of(op.kind),
+                },
+                Ok(Request::Read { offset, len, reply }) => InFlight {
+                    reply: Reply::Caller(reply),
+                    step: Step::Read {
+                        offset,
+                        data: vec![0; len],
+                        done: 0,
+                    },
+                },
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     self.closed = true;
                     return;
                 }
-            }
+            };
+            self.backlog.push_back(op);
         }
     }
 
@@ -294,9 +363,9 @@ impl RingWorker {
             if let Step::Zero { offset, len, .. } = op.step {
                 // No fallocate here (e.g. a block device without discard): write zeros.
                 let written = self.leg.write_zero_buffers(offset, len);
-                return self.finish(op.id, written.map(|_| None));
+                return self.finish(op.reply, written.map(|_| None));
             }
-            return self.finish(op.id, Err(error));
+            return self.finish(op.reply, Err(error));
         }
         let moved = result as usize;
         let outcome = match &mut op.step {
@@ -324,19 +393,26 @@ impl RingWorker {
                     self.backlog.push_front(op);
                 }
             }
-            Some(Err(error)) => self.finish(op.id, Err(error)),
+            Some(Err(error)) => self.finish(op.reply, Err(error)),
             Some(Ok(())) => {
                 let data = match op.step {
                     Step::Read { data, .. } => Some(data),
                     _ => None,
                 };
-                self.finish(op.id, Ok(data));
+                self.finish(op.reply, Ok(data));
             }
         }
     }
 
-    fn finish(&self, id: u64, result: io::Result<Option<Vec<u8>>>) {
-        let _ = self.done.send(DiskDone { id, result });
+    fn finish(&self, reply: Reply, result: io::Result<Option<Vec<u8>>>) {
+        match reply {
+            Reply::Engine(id) => {
+                let _ = self.done.send(DiskDone { id, result });
+            }
+            Reply::Caller(caller) => {
+                let _ = caller.send(result.map(Option::unwrap_or_default));
+            }
+        }
     }
 
     /// The ring itself failed: every operation fails, and the thread stops. The buffers of
@@ -345,11 +421,12 @@ impl RingWorker {
     fn fail_all(mut self, error: &io::Error) {
         let failed = || io::Error::new(error.kind(), error.to_string());
         for (_, op) in std::mem::take(&mut self.in_flight) {
-            self.finish(op.id, Err(failed()));
-            std::mem::forget(op);
+            let InFlight { reply, step } = op;
+            self.finish(reply, Err(failed()));
+            std::mem::forget(step);
         }
         for op in std::mem::take(&mut self.backlog) {
-            self.finish(op.id, Err(failed()));
+            self.finish(op.reply, Err(failed()));
         }
     }
 }
@@ -462,6 +539,50 @@ mod tests {
         assert_eq!(completion.id, 7);
         let error = completion.result.expect_err("past the end");
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frontend_reads_go_through_the_ring_and_fail_once_the_engine_closed_it() {
+        let (_dir, leg) = scratch(1 << 20);
+        let (ring, mut done) = DiskRing::start(leg.clone(), Box::new(())).expect("ring");
+        let data = vec![9u8; 8192];
+        ring.submit(op(
+            1,
+            DiskKind::Write {
+                offset: 65536,
+                data,
+            },
+        ))
+        .expect("submit");
+        assert_eq!(next(&mut done).await.id, 1);
+        let reader = ring.reader();
+        let read = tokio::task::spawn_blocking({
+            let reader = reader.clone();
+            move || reader.read(65536 + 4096, 8192)
+        });
+        let bytes = read.await.expect("join").expect("read ok");
+        assert_eq!(&bytes[..4096], &[9u8; 4096][..]);
+        assert_eq!(&bytes[4096..], &[0u8; 4096][..]);
+        drop(ring);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let reader = reader.clone();
+            let result = tokio::task::spawn_blocking(move || reader.read(0, 4096))
+                .await
+                .expect("join");
+            match result {
+                Err(error) => {
+                    assert!(error.to_string().contains("stopped"), "{error}");
+                    break;
+                }
+                // The thread may serve a read queued right before it saw the close.
+                Ok(_) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "the ring never closed"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     struct SetOnDrop(Arc<AtomicBool>);

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::disk_ring::{DiskDone, DiskRing};
+use crate::disk_ring::{DiskDone, DiskRing, RingReader};
 use crate::fuse_export::FuseExport;
 use crate::leg::Leg;
 use crate::meta_store::MetaStore;
@@ -136,6 +136,8 @@ pub struct EngineContext {
 pub struct EngineHandle {
     inputs: mpsc::Sender<EngineInput>,
     leg: Arc<Leg>,
+    /// Reads go straight to the local leg through its ring (they change nothing to replicate).
+    reader: RingReader,
     lease: Arc<crate::volume_io::LeaseGate>,
 }
 
@@ -160,7 +162,7 @@ impl VolumeIo for EngineHandle {
     }
 
     fn read(&self, offset: u64, length: usize) -> io::Result<Vec<u8>> {
-        self.leg.read(offset, length)
+        self.reader.read(offset, length)
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
@@ -243,6 +245,7 @@ pub async fn run_primary(
     let handle: Arc<dyn VolumeIo> = Arc::new(EngineHandle {
         inputs,
         leg: leg.clone(),
+        reader: ring.reader(),
         lease: setup.context.lease.clone(),
     });
     let _image = start_image(&setup.images, &setup.name, handle.clone());
