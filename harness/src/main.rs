@@ -1,9 +1,10 @@
 //! `tandem-harness`: check, list and run scenario files in the simulator.
 //!
 //! ```text
-//! tandem-harness run FILE [--seed N] [--seeds K] [--trace]   run it; a pass/fail table
-//! tandem-harness check FILE...                               validate only
-//! tandem-harness list [DIR]                                  the library (harness/scenarios)
+//! tandem-harness run FILE [--seed N] [--seeds K] [--quiet] [--trace]
+//!                                  run it: one line per step, then a pass/fail table
+//! tandem-harness check FILE...     validate only
+//! tandem-harness list [DIR]        the library (harness/scenarios)
 //! ```
 //! Exit status: 0 every expectation passed (or every file is valid), 1 one failed, 2 a bad
 //! file or bad arguments.

@@ -543,6 +543,7 @@ impl Checker<'_> {
             None => last + DEFAULT_TAIL_MS,
         };
         let plan = Timeline::new(self, &steps, names.all()).resolve()?;
+        self.writes_in_time(&plan, &steps, duration_ms)?;
         let mut expects = Vec::new();
         for (index, spanned) in def.expect.into_iter().enumerate() {
             let line = self.line(spanned.span());
@@ -603,6 +604,30 @@ impl Checker<'_> {
             steps.push(checker.step(spanned.into_inner(), previous)?);
         }
         Ok(steps)
+    }
+
+    /// Every write of a `count` must be sent before the faults phase ends.
+    fn writes_in_time(
+        &self,
+        plan: &[Planned],
+        steps: &[Step],
+        duration_ms: u64,
+    ) -> Result<(), ScenarioError> {
+        let late = (plan.iter())
+            .find(|p| matches!(p.effect, Effect::Write { .. }) && p.at_ms >= duration_ms);
+        match late.and_then(|p| steps.get(p.step - 1).map(|step| (p, step))) {
+            Some((planned, step)) => Err(self.error(
+                step.line,
+                format!("step {} (do = \"write\")", step.number),
+                format!(
+                    "{} would be sent at {}, not before the scenario's duration {}",
+                    planned.what,
+                    fmt_ms(planned.at_ms),
+                    fmt_ms(duration_ms)
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// `duration`, which must come after every step.

@@ -308,6 +308,21 @@ fn unknown_kinds_and_misplaced_keys_are_refused() {
         message.contains("no_lost_writes needs at least one `write` step"),
         "{message}"
     );
+    let late = GOOD
+        .replace(
+            "layout = \"active-standby\"",
+            "layout = \"active-standby\"\nduration = \"5s\"",
+        )
+        .replace(
+            "do = \"restart\"\nnode = \"a\"",
+            "do = \"write\"\ncount = 5\nevery = \"1s\"",
+        );
+    assert!(
+        error(&late)
+            .contains("write 3/5 to v1 would be sent at 5s, not before the scenario's duration 5s"),
+        "{}",
+        error(&late)
+    );
     let message = error(&GOOD.replace("layout = \"active-standby\"", "layout = \"three-legs\""));
     assert_eq!(
         message,

@@ -143,6 +143,10 @@ impl World {
     }
 
     pub(super) fn on_script_step(&mut self, index: usize) -> Result<(), Violation> {
+        if !matches!(self.phase, Phase::Faults { .. }) {
+            // A `for` that outlasts the script: the heal already ended it.
+            return Ok(());
+        }
         let Some(step) = self
             .script
             .as_ref()
