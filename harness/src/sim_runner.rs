@@ -50,7 +50,7 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Simulated time of the whole run (setup, scenario, heal, settle), ms.
     pub sim_ms: u64,
-    /// The trace's last lines, when something failed.
+    /// The run's story (see [`tandem_sim::Trace::keep_story`]), when something failed.
     pub trace: Option<String>,
 }
 
@@ -248,25 +248,36 @@ pub fn judge(scenario: &Scenario, seed: u64, outcome: &ScriptOutcome) -> Report 
         trace: None,
     };
     if !report.passed() {
-        report.trace = Some(tail(&outcome.trace.render(), TRACE_TAIL));
+        let story: Vec<String> = (outcome.trace.story().iter())
+            .map(|line| line.to_string())
+            .collect();
+        report.trace = Some(tail(&story, TRACE_TAIL, outcome.log.started_at));
     }
     report
 }
 
-/// Trace lines shown with a failure (the full trace: `--trace`).
-const TRACE_TAIL: usize = 150;
+/// Story lines shown with a failure (every event: `--trace`).
+const TRACE_TAIL: usize = 400;
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    let start = all.len().saturating_sub(lines);
+/// The last `lines` of the run's story: faults, stops and starts, leaders, proposals, agent
+/// events (no frames, no disk writes).
+fn tail(story: &[String], lines: usize, started_at: Option<u64>) -> String {
+    let start = story.len().saturating_sub(lines);
     let mut out = String::new();
-    if start > 0 {
+    let _ = writeln!(
+        out,
+        "(the run's story{}: no frames or disk writes; --trace prints every event)",
+        if start > 0 { ", its last lines" } else { "" }
+    );
+    if let Some(at) = started_at {
         let _ = writeln!(
             out,
-            "(the last {lines} lines of the trace; --trace prints every event)"
+            "(times since the run began; the scenario's t=0 is t={}.{:03}s)",
+            at / 1000,
+            at % 1000
         );
     }
-    for line in &all[start..] {
+    for line in &story[start..] {
         out.push_str(line);
         out.push('\n');
     }

@@ -50,6 +50,7 @@ impl World {
         world.scenario.layout = Some(script.layout);
         world.scenario.membership = false;
         world.scenario.fault_ms = script.run_ms;
+        world.trace.keep_story();
         world.script = Some(Scripted {
             script,
             echo,
