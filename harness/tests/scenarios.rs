@@ -278,6 +278,16 @@ fn steps_that_contradict_the_timeline_are_refused() {
         error(&twice),
         "bad.toml:11: step 2 (do = \"power_off\"): a is already down (since step 1)"
     );
+    let twins = GOOD
+        .replace(
+            "node = \"a\"\n[[step]]",
+            "node = \"a\"\nlabel = \"x\"\n[[step]]",
+        )
+        .replace("do = \"restart\"", "do = \"restart\"\nlabel = \"x\"");
+    assert_eq!(
+        error(&twins),
+        "bad.toml:12: step 2: label \"x\" already names step 1"
+    );
     let pause = GOOD.replace("do = \"kill\"", "do = \"pause\"");
     assert!(error(&pause).contains("the pause of a has neither `for` nor a later resume"));
 }

@@ -167,7 +167,20 @@ impl Checker<'_> {
                 line: self.line(spanned.span()),
             };
             let previous = steps.last().map_or(0, |step| step.at_ms);
-            steps.push(checker.step(spanned.into_inner(), previous)?);
+            let step = checker.step(spanned.into_inner(), previous)?;
+            let label = step.label.as_deref();
+            if let Some(twin) = steps
+                .iter()
+                .find(|s| label.is_some() && s.label.as_deref() == label)
+            {
+                let problem = format!(
+                    "label {:?} already names step {}",
+                    label.unwrap_or(""),
+                    twin.number
+                );
+                return Err(self.error(step.line, format!("step {}", step.number), problem));
+            }
+            steps.push(step);
         }
         Ok(steps)
     }

@@ -465,6 +465,13 @@ impl World {
             entry.primaries = (group.spec.volumes().iter())
                 .map(|volume| state.volume_by_name(volume).and_then(|v| v.primary))
                 .collect();
+            if fakes.is_empty() {
+                // Only volumes: it runs where they are primary.
+                entry.full = entry.primaries.iter().flatten().copied().collect();
+                entry.full.sort_unstable();
+                entry.full.dedup();
+                entry.any = entry.full.clone();
+            }
             sample.groups.insert(name.clone(), entry);
         }
         for volume in state.volumes.values() {
