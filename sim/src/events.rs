@@ -59,6 +59,12 @@ pub enum Event {
     ResourceChaos,
     /// After the heal: have the groups settled where they are placed?
     Settle,
+    /// A scripted run's step `index` is due.
+    Script {
+        index: usize,
+    },
+    /// A scripted run records where groups run now.
+    Sample,
 }
 
 struct Scheduled {

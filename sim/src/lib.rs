@@ -12,7 +12,8 @@
 //! [`faults`], [`workload`], [`checkers`], [`trace`], [`events`], [`summary`]; for resource
 //! groups: [`layout`] (the volumes and groups a run creates), [`host`] (the agent and the
 //! placement loop of one process, as the daemon's `agent_host`), [`resources`] (the fake
-//! resources: what really runs where).
+//! resources: what really runs where); [`script`] runs a fixed list of steps (the harness's
+//! scenario files) instead of the random fault schedule.
 
 // rust-protobuf messages (raft-rs's eraftpb) are built by assigning fields to a default value.
 #![allow(clippy::field_reassign_with_default)]
@@ -27,6 +28,7 @@ pub mod layout;
 pub mod machine;
 pub mod net;
 pub mod resources;
+pub mod script;
 pub mod summary;
 pub mod trace;
 pub mod workload;
@@ -34,6 +36,7 @@ pub mod world;
 
 pub use checkers::Violation;
 pub use config::{FaultMix, Mutation, Options, Scenario, Shape, SnapshotLoss};
+pub use script::{run_script, Script, ScriptAction, ScriptOutcome, ScriptStep};
 pub use summary::Summary;
 pub use trace::Trace;
 pub use world::RunReport;

@@ -154,6 +154,26 @@ pub enum TraceEvent {
     Violation(String),
 }
 
+impl TraceEvent {
+    /// Whether the line tells the run's story rather than its traffic.
+    fn is_story(&self) -> bool {
+        !matches!(
+            self,
+            TraceEvent::Send { .. }
+                | TraceEvent::Duplicated { .. }
+                | TraceEvent::Dropped { .. }
+                | TraceEvent::Deliver { .. }
+                | TraceEvent::Lost { .. }
+                | TraceEvent::Persist { .. }
+                | TraceEvent::Compact { .. }
+                | TraceEvent::Durable { .. }
+                | TraceEvent::Applied { .. }
+                | TraceEvent::AgentRun { .. }
+                | TraceEvent::OpDone { .. }
+        )
+    }
+}
+
 /// One line: when, on which node, what.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TraceLine {
@@ -168,6 +188,8 @@ pub struct Trace {
     hasher: DefaultHasher,
     count: u64,
     echo: bool,
+    /// With [`Trace::keep_story`]: every line of the story, from the start (see `is_story`).
+    story: Option<Vec<TraceLine>>,
 }
 
 impl Trace {
@@ -177,7 +199,20 @@ impl Trace {
             hasher: DefaultHasher::new(),
             count: 0,
             echo,
+            story: None,
         }
+    }
+
+    /// Also keeps every line of the run's story (faults, starts and stops, leaders,
+    /// proposals, agent events, resources, checks: no frames, no disk writes), however long
+    /// the run: a scripted run shows it when an expectation fails.
+    pub fn keep_story(&mut self) {
+        self.story.get_or_insert_with(Vec::new);
+    }
+
+    /// The story kept since [`Trace::keep_story`], oldest first.
+    pub fn story(&self) -> &[TraceLine] {
+        self.story.as_deref().unwrap_or(&[])
     }
 
     pub fn record(&mut self, at: u64, node: Option<NodeId>, event: TraceEvent) {
@@ -186,6 +221,9 @@ impl Trace {
         self.count += 1;
         if self.echo {
             println!("{line}");
+        }
+        if let Some(story) = self.story.as_mut().filter(|_| line.event.is_story()) {
+            story.push(line.clone());
         }
         if self.lines.len() >= TRACE_LINES {
             self.lines.pop_front();

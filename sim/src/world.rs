@@ -15,6 +15,7 @@ mod groups;
 mod io;
 mod liveness;
 mod operator;
+mod script;
 mod settle;
 
 pub use groups::GroupStats;
@@ -127,6 +128,8 @@ pub struct World {
     res_rng: ChaCha8Rng,
     group_stats: GroupStats,
     settle: settle::Settle,
+    /// A scripted run (`crate::script`): its steps replace the random fault schedule.
+    script: Option<script::Scripted>,
 }
 
 /// One independent random stream per concern, all derived from the seed.
@@ -171,6 +174,7 @@ impl World {
             res_rng: stream(seed, 7),
             group_stats: GroupStats::default(),
             settle: settle::Settle::default(),
+            script: None,
         }
     }
 
@@ -220,11 +224,16 @@ impl World {
             }
             Event::Operator => self.on_operator(),
             Event::Setup => self.on_setup(),
-            Event::Heal => self.on_heal(),
+            Event::Heal => {
+                self.script_healed();
+                self.on_heal()
+            }
             Event::Probe => self.on_probe(),
             Event::GroupOperator => self.on_group_operator(),
             Event::ResourceChaos => self.on_resource_chaos(),
             Event::Settle => self.on_settle(),
+            Event::Script { index } => self.on_script_step(index),
+            Event::Sample => self.on_sample(),
         }
     }
 

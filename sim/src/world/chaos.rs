@@ -106,7 +106,7 @@ impl World {
         Ok(())
     }
 
-    fn pause(&mut self, node: NodeId, ms: u64) {
+    pub(super) fn pause(&mut self, node: NodeId, ms: u64) {
         let until = self.now + ms;
         if let Some(machine) = self.machines.get_mut(&node) {
             machine.paused_until = machine.paused_until.max(until);
@@ -116,7 +116,7 @@ impl World {
             .record(self.now, Some(node), TraceEvent::Paused { until });
     }
 
-    fn record_fault(&mut self, node: Option<NodeId>, what: String) {
+    pub(super) fn record_fault(&mut self, node: Option<NodeId>, what: String) {
         self.trace.record(self.now, node, TraceEvent::Fault(what));
     }
 

@@ -54,7 +54,11 @@ impl World {
         };
         if members >= wanted && !self.join_in_progress() {
             if self.all_caught_up(commit) && self.group_setup(leader)? {
-                self.begin_faults();
+                if self.script.is_none() {
+                    self.begin_faults();
+                } else if self.settled().is_ok() {
+                    self.begin_script()?;
+                }
             }
             return Ok(());
         }
@@ -227,6 +231,7 @@ impl World {
         outcome: Result<String, String>,
     ) -> Result<(), Violation> {
         self.workload.completed(node, request, outcome.is_ok());
+        self.script_completed(request, &outcome);
         let ok = outcome.is_ok();
         let event = TraceEvent::Completed { request, outcome };
         self.trace.record(self.now, Some(node), event);

@@ -47,7 +47,7 @@ pub struct Settle {
 }
 
 /// What a settled run looks like, for the trace and the summary.
-struct Settled {
+pub(super) struct Settled {
     text: String,
     running: u64,
     idle: u64,
@@ -116,7 +116,7 @@ impl World {
     }
 
     /// The leader that holds its lease, if any.
-    fn lease_leader(&self) -> Option<NodeId> {
+    pub(super) fn lease_leader(&self) -> Option<NodeId> {
         self.leaders().into_iter().find(|&id| {
             let machine = &self.machines[&id];
             machine
@@ -174,7 +174,7 @@ impl World {
     }
 
     /// Whether every group runs where it should, on the leader's view and the ground truth.
-    fn settled(&self) -> Result<Settled, String> {
+    pub(super) fn settled(&self) -> Result<Settled, String> {
         let leader = self
             .lease_leader()
             .ok_or_else(|| "no leader holds its lease".to_string())?;
