@@ -505,6 +505,58 @@ fn service_crash_restarts_locally_then_fails_over_then_quarantines() {
 
 /// Checks a clean switchover of the group from `from` to `to` among `events`: `from` demoted
 /// its volume and stopped everything before `to` was promoted and started.
+/// A frozen daemon (SIGSTOP here; a paused VM or a hung kernel call in life) cannot stop its
+/// own services. Its watchdog, a separate process, kills it once the lease it announced ran
+/// out: the service dies with it and the VIP is dropped, before b is promoted; b then serves
+/// every acknowledged increment.
+#[test]
+fn a_frozen_active_daemon_is_fenced_by_its_watchdog_before_b_takes_over() {
+    let mut rig = Rig::form("fofreeze");
+    let app = counter_app(&rig);
+    assert_eq!(rig.increments(app.target, 5), [1, 2, 3, 4, 5]);
+    let counter_a = rig
+        .service_pid("a", app.group, SERVICE)
+        .expect("the counter service runs on a");
+    let daemon_a = rig.cluster.pid("a").expect("a's daemon runs") as i32;
+
+    let mark = rig.mark();
+    let clock = Instant::now();
+    // SAFETY: kill(2) on the daemon this test's cluster started (its Child is held).
+    unsafe { libc::kill(daemon_a, libc::SIGSTOP) };
+    wait_for("a's service to be killed", Duration::from_secs(20), || {
+        (!alive(counter_a)).then_some(())
+    });
+    wait_for("the VIP to leave a", Duration::from_secs(20), || {
+        (!rig.has_address("a", app.vip)).then_some(())
+    });
+    let fenced_at = unix_ms();
+    eprintln!(
+        "a fenced by its watchdog {:?} after SIGSTOP",
+        clock.elapsed()
+    );
+    assert!(
+        !alive(daemon_a),
+        "the watchdog did not kill the frozen daemon"
+    );
+    // On real machines a's dead mount stays on a; here every node shares one mount
+    // namespace, so it is removed (and a's link cut) as the power-loss test does.
+    rig.power_loss("a");
+    let promoted = rig.wait_event("w", mark, "b", app.group, "promoted");
+    eprintln!("b promoted {:?} after SIGSTOP", clock.elapsed());
+    assert!(
+        fenced_at <= promoted.at_unix_ms,
+        "b was promoted at {} before a's service and VIP were gone (seen by {fenced_at})",
+        promoted.at_unix_ms
+    );
+    rig.wait_event("w", mark, "b", app.group, "healthy");
+    assert_eq!(
+        counter_on(&rig, &app, "b"),
+        5,
+        "an acknowledged increment was lost"
+    );
+    assert!(rig.has_address("b", app.vip), "the VIP is not on b");
+}
+
 fn assert_switchover(events: &[Ev], group: &str, from: &str, to: &str) {
     let stopped = find(events, from, group, "stopped");
     let demoted = find(events, from, group, "demoted");

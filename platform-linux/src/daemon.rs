@@ -29,6 +29,7 @@ use crate::token::JoinToken;
 use crate::transport::{self, Inbound, Links, LocalIdentity, PeerAddress};
 use crate::volume_io::LeaseGate;
 use crate::volumes::{HostContext, VolumeHost};
+use crate::watchdog::{Pet, WatchdogLink};
 
 /// A proposal that is not committed within this time is answered with a refusal.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,10 +118,40 @@ struct Daemon {
     agents_at: u64,
     /// The node lease as the write paths see it.
     lease: Arc<LeaseGate>,
+    /// The watchdog process that fences this node if the loop freezes (`watchdog`).
+    watchdog: Option<WatchdogLink>,
+    /// When the watchdog was last (re)started.
+    watchdog_started: Option<Instant>,
 }
 
 /// How long a clean stop waits for the groups here to stop and be released.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(90);
+
+/// The least time between two starts of the watchdog.
+const WATCHDOG_RESTART: Duration = Duration::from_secs(5);
+
+/// What this node holds, for the watchdog: its lease, whether it holds any group, and the
+/// virtual IPs of those groups.
+fn watchdog_pet(core: &NodeCore, now_ms: u64) -> Pet {
+    let me = core.id();
+    let mut pet = Pet {
+        lease_ms: core.node_lease_remaining(now_ms),
+        ..Pet::default()
+    };
+    for group in core.state().groups.values() {
+        let status = &group.status;
+        if status.holder != Some(me) && status.node != Some(me) {
+            continue;
+        }
+        pet.holding = true;
+        for resource in &group.spec.resources {
+            if let tandem_core::group::ResourceSpec::Ip { cidr, .. } = resource {
+                pet.addresses.push(cidr.clone());
+            }
+        }
+    }
+    pet
+}
 
 /// How often the agent and the placement loop look at the state.
 const AGENT_ROUND_MS: u64 = 50;
@@ -207,6 +238,8 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         agents,
         agents_at: 0,
         lease,
+        watchdog: None,
+        watchdog_started: None,
     };
     tracing::info!(
         "node {} (id {}) of cluster {} serving on {}",
@@ -227,6 +260,9 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     daemon.agents.shutdown(&daemon.core).await;
     daemon.volumes.shutdown().await;
     daemon.log.finish();
+    if let Some(watchdog) = daemon.watchdog.take() {
+        watchdog.bye();
+    }
     let _ = std::fs::remove_file(dir.control_socket_path());
     tracing::info!("daemon stopped");
     Ok(())
@@ -396,6 +432,35 @@ impl Daemon {
         }
     }
 
+    /// Tells the watchdog what this node holds; restarts it (at most every few seconds) if it
+    /// is gone, so a frozen loop is always fenced.
+    fn pet_watchdog(&mut self, now_ms: u64) {
+        let pet = watchdog_pet(&self.core, now_ms);
+        if let Some(watchdog) = self.watchdog.as_mut() {
+            match watchdog.pet(&pet) {
+                Ok(()) => return,
+                Err(error) => tracing::warn!("the watchdog is gone ({error}); starting a new one"),
+            }
+            self.watchdog = None;
+        }
+        if self
+            .watchdog_started
+            .is_some_and(|at| at.elapsed() < WATCHDOG_RESTART)
+        {
+            return;
+        }
+        self.watchdog_started = Some(Instant::now());
+        match WatchdogLink::start() {
+            Ok(mut watchdog) => {
+                let _ = watchdog.pet(&pet);
+                self.watchdog = Some(watchdog);
+            }
+            Err(error) => tracing::error!(
+                "cannot start the watchdog: {error}; a frozen daemon could not fence this node"
+            ),
+        }
+    }
+
     /// A persist is durable: the core may now send what waited for it.
     fn on_log_written(&mut self, done: WriteDone) -> anyhow::Result<()> {
         match done {
@@ -418,6 +483,7 @@ impl Daemon {
         self.core.tick(self.now());
         let now_ms = self.now();
         self.lease.publish(self.core.node_lease_remaining(now_ms));
+        self.pet_watchdog(now_ms);
         if now_ms.saturating_sub(self.agents_at) >= AGENT_ROUND_MS {
             self.agents_at = now_ms;
             let changes = self.agents.round(&self.core, now_ms);

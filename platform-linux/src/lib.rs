@@ -30,3 +30,4 @@ pub mod transport;
 pub mod verify;
 pub mod volume_io;
 pub mod volumes;
+pub mod watchdog;

@@ -113,6 +113,13 @@ enum Verb {
         #[command(subcommand)]
         action: tandem_linux::resource_cli::ResourceVerb,
     },
+    /// The daemon's watchdog (started by the daemon itself; see `watchdog.rs`).
+    #[command(hide = true)]
+    Watchdog {
+        /// The daemon to watch.
+        #[arg(long)]
+        daemon_pid: i32,
+    },
     /// A tiny HTTP counter keeping its data in DIR (for the demo and failover tests).
     #[command(hide = true)]
     CounterService {
@@ -326,6 +333,7 @@ async fn execute(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         Verb::Resource { action } => {
             return Ok(tandem_linux::resource_cli::run(&root, action, cli.json).await)
         }
+        Verb::Watchdog { daemon_pid } => return Ok(tandem_linux::watchdog::run(daemon_pid)),
         Verb::CounterService { dir, listen, name } => {
             let options = tandem_linux::counter_service::Options { dir, listen, name };
             tokio::task::spawn_blocking(move || tandem_linux::counter_service::run(&options))
