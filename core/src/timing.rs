@@ -84,6 +84,20 @@ impl Timing {
     }
 }
 
+/// The daemon's watchdog (`platform-linux/src/watchdog.rs`, modelled by the simulator): it
+/// acts this long after the lease the daemon last announced ran out (a slow daemon is not a
+/// frozen one; its own self-fencing goes first).
+pub const WATCHDOG_SLACK_MS: u64 = 200;
+/// A daemon that runs resources but never announced a lease: silent this long, the watchdog
+/// takes it for frozen.
+pub const WATCHDOG_SILENT_WITHOUT_LEASE_MS: u64 = 1000;
+/// The watchdog never acts on a daemon it heard from this recently (pets come every 100 ms).
+pub const WATCHDOG_SILENT_MIN_MS: u64 = 200;
+/// How often the watchdog looks at the time when no pet arrives.
+pub const WATCHDOG_POLL_MS: u64 = 50;
+/// How long after the watchdog killed a frozen daemon a service manager starts it again.
+pub const WATCHDOG_RESTART_MS: u64 = 1000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

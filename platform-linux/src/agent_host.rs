@@ -212,6 +212,11 @@ impl AgentHost {
         self.agent.shut_down();
     }
 
+    /// Whether any resource of `group` may be running here.
+    pub fn is_active(&self, group: &str) -> bool {
+        self.agent.is_active(group)
+    }
+
     /// Nothing runs here any more and nothing is held (or can be released).
     pub fn is_quiet(&self, core: &NodeCore, now: u64) -> bool {
         self.agent

@@ -130,17 +130,15 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(90);
 /// The least time between two starts of the watchdog.
 const WATCHDOG_RESTART: Duration = Duration::from_secs(5);
 
-/// What this node holds, for the watchdog: its lease, whether it holds any group, and the
-/// virtual IPs of those groups.
-fn watchdog_pet(core: &NodeCore, now_ms: u64) -> Pet {
-    let me = core.id();
+/// What this node runs, for the watchdog: its lease, whether the agent may have resources of
+/// any group running here, and the virtual IPs of those groups.
+fn watchdog_pet(core: &NodeCore, agents: &AgentHost, now_ms: u64) -> Pet {
     let mut pet = Pet {
         lease_ms: core.node_lease_remaining(now_ms),
         ..Pet::default()
     };
-    for group in core.state().groups.values() {
-        let status = &group.status;
-        if status.holder != Some(me) && status.node != Some(me) {
+    for (name, group) in &core.state().groups {
+        if !agents.is_active(name) {
             continue;
         }
         pet.holding = true;
@@ -435,7 +433,7 @@ impl Daemon {
     /// Tells the watchdog what this node holds; restarts it (at most every few seconds) if it
     /// is gone, so a frozen loop is always fenced.
     fn pet_watchdog(&mut self, now_ms: u64) {
-        let pet = watchdog_pet(&self.core, now_ms);
+        let pet = watchdog_pet(&self.core, &self.agents, now_ms);
         if let Some(watchdog) = self.watchdog.as_mut() {
             match watchdog.pet(&pet) {
                 Ok(()) => return,

@@ -10,8 +10,8 @@
 //!
 //! - the daemon pets it every 100 ms with what the node holds: its remaining lease and the
 //!   virtual IPs of the groups it holds;
-//! - when the pets stop while the node holds something, and the lease they announced has run
-//!   out, the daemon is frozen: the watchdog kills it with SIGKILL (its exec services die with
+//! - when the pets stop (for at least 200 ms) while the node runs something, and the last
+//!   lease they announced has run out (plus a 200 ms slack), the daemon is frozen: the watchdog kills it with SIGKILL (its exec services die with
 //!   it through PDEATHSIG, its FUSE exports end) and removes the IPs;
 //! - when the pipe closes without the daemon's goodbye, the daemon crashed: the watchdog
 //!   removes the IPs it left behind (the kernel keeps them otherwise);
@@ -29,23 +29,22 @@ use std::time::{Duration, Instant};
 
 /// How often the daemon pets.
 pub const PET_INTERVAL: Duration = Duration::from_millis(100);
-/// Margin after the announced lease ran out before the watchdog acts (a slow daemon is not a
-/// frozen one; its own self-fencing goes first).
-const SLACK_MS: u64 = 200;
-/// A daemon that holds resources without a lease is stopping them; silent this long, it is
-/// frozen in the middle of it.
-const SILENT_WITHOUT_LEASE_MS: u64 = 1000;
+use tandem_core::timing::{
+    WATCHDOG_POLL_MS, WATCHDOG_SILENT_MIN_MS as SILENT_MIN_MS,
+    WATCHDOG_SILENT_WITHOUT_LEASE_MS as SILENT_WITHOUT_LEASE_MS, WATCHDOG_SLACK_MS as SLACK_MS,
+};
+
 /// How often the watchdog looks at the time when no pet arrives.
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(WATCHDOG_POLL_MS);
 
 /// One pet: what the node holds now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pet {
     /// The node lease left, in ms (0: none).
     pub lease_ms: u64,
-    /// Whether the node holds any group (it may have resources running).
+    /// Whether the agent may have resources of some group running here.
     pub holding: bool,
-    /// The virtual IPs (CIDR) of the groups it holds.
+    /// The virtual IPs (CIDR) of those groups.
     pub addresses: Vec<String>,
 }
 
@@ -133,6 +132,8 @@ pub enum Verdict {
 pub struct Watch {
     last_pet_at: Option<u64>,
     last: Pet,
+    /// When the last lease announced ran (or runs) out.
+    lease_end: Option<u64>,
     bye: bool,
 }
 
@@ -141,6 +142,9 @@ impl Watch {
         match message {
             Message::Pet(pet) => {
                 self.last_pet_at = Some(now);
+                if pet.lease_ms > 0 {
+                    self.lease_end = Some(now + pet.lease_ms);
+                }
                 self.last = pet;
             }
             Message::Bye => self.bye = true,
@@ -163,15 +167,16 @@ impl Watch {
         if !self.last.holding {
             return Verdict::Wait;
         }
-        let allowed = if self.last.lease_ms > 0 {
-            self.last.lease_ms + SLACK_MS
-        } else {
-            SILENT_WITHOUT_LEASE_MS
+        // A daemon that lost its lease has until `failover_timeout - lease_timeout` after
+        // the lapse to stop everything; a frozen one is fenced soon after the lapse.
+        let limit = match self.lease_end {
+            Some(end) => (end + SLACK_MS).max(at + SILENT_MIN_MS),
+            None => at + SILENT_WITHOUT_LEASE_MS,
         };
-        let silent_ms = now.saturating_sub(at);
-        if silent_ms <= allowed {
+        if now <= limit {
             return Verdict::Wait;
         }
+        let silent_ms = now.saturating_sub(at);
         Verdict::Frozen {
             silent_ms,
             addresses: self.last.addresses.clone(),
@@ -422,14 +427,35 @@ mod tests {
                 addresses: vec!["10.0.0.5/24".into()],
             }
         );
-        let mut stopping = Watch::default();
-        stopping.heard(0, pet(0, true, &[]));
+        let mut never_leased = Watch::default();
+        never_leased.heard(0, pet(0, true, &[]));
         assert_eq!(
-            stopping.verdict(SILENT_WITHOUT_LEASE_MS, false),
+            never_leased.verdict(SILENT_WITHOUT_LEASE_MS, false),
             Verdict::Wait
         );
         assert!(matches!(
-            stopping.verdict(SILENT_WITHOUT_LEASE_MS + 1, false),
+            never_leased.verdict(SILENT_WITHOUT_LEASE_MS + 1, false),
+            Verdict::Frozen { .. }
+        ));
+    }
+
+    #[test]
+    fn a_daemon_frozen_after_its_lease_lapsed_is_fenced_soon_after_it_goes_silent() {
+        let mut watch = Watch::default();
+        watch.heard(0, pet(900, true, &["10.0.0.5/24"]));
+        // The lease lapsed at 900; the daemon is stopping its groups and still pets.
+        for now in (1000..=1300).step_by(100) {
+            watch.heard(now, pet(0, true, &["10.0.0.5/24"]));
+            assert_eq!(
+                watch.verdict(now + 50, false),
+                Verdict::Wait,
+                "alive at {now}"
+            );
+        }
+        // Frozen after the pet at 1300: fenced once silent for SILENT_MIN_MS, not a second.
+        assert_eq!(watch.verdict(1300 + SILENT_MIN_MS, false), Verdict::Wait);
+        assert!(matches!(
+            watch.verdict(1300 + SILENT_MIN_MS + 1, false),
             Verdict::Frozen { .. }
         ));
     }

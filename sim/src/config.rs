@@ -195,6 +195,11 @@ pub struct Options {
     /// the interface, as the kernel does; without it, everything the process started dies
     /// with it (`PR_SET_PDEATHSIG`, which the daemon sets only for `exec` services).
     pub crash_leaves_ips: bool,
+    /// The daemon's watchdog (`platform-linux/src/watchdog.rs`): a process frozen past the
+    /// lease it last announced, while its node holds a group, is killed (its services and
+    /// virtual IPs with it) and restarted a second later. Off: a frozen process keeps running
+    /// its resources until it resumes (the model before the watchdog existed).
+    pub watchdog: bool,
     /// After the heal, every group must run where it is placed within this.
     pub settle_bound_ms: u64,
 }
@@ -216,6 +221,7 @@ impl Default for Options {
             resource_faults: true,
             stop_max_ms: DEFAULT_STOP_MAX_MS,
             crash_leaves_ips: false,
+            watchdog: true,
             settle_bound_ms: DEFAULT_SETTLE_BOUND_MS,
         }
     }
@@ -261,6 +267,9 @@ impl Options {
         }
         if self.crash_leaves_ips {
             command.push_str(" --crash-leaves-ips");
+        }
+        if !self.watchdog {
+            command.push_str(" --no-watchdog");
         }
         if self.settle_bound_ms != DEFAULT_SETTLE_BOUND_MS {
             command.push_str(&format!(" --settle-bound-ms {}", self.settle_bound_ms));

@@ -45,6 +45,11 @@ pub enum Event {
     Restart {
         node: NodeId,
     },
+    /// The watchdog of process `incarnation` of `node` looks whether it is still frozen.
+    Watchdog {
+        node: NodeId,
+        incarnation: u32,
+    },
     NextFault,
     FaultOver {
         id: u64,

@@ -60,6 +60,9 @@ struct Cli {
     /// taking everything it started with it.
     #[arg(long)]
     crash_leaves_ips: bool,
+    /// No watchdog: a frozen process keeps its resources running until it resumes.
+    #[arg(long)]
+    no_watchdog: bool,
     /// After the heal, every group must run where it is placed within this many ms.
     #[arg(long, default_value_t = tandem_sim::config::DEFAULT_SETTLE_BOUND_MS,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         resource_faults: !cli.no_resource_faults,
         stop_max_ms: cli.stop_max_ms,
         crash_leaves_ips: cli.crash_leaves_ips,
+        watchdog: !cli.no_watchdog,
         settle_bound_ms: cli.settle_bound_ms,
     };
     match (cli.seed, cli.seeds) {

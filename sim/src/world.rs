@@ -217,6 +217,7 @@ impl World {
             } => self.on_input(node, incarnation, input),
             Event::DiskDone { node, seq } => self.on_disk_done(node, seq),
             Event::Restart { node } => self.restart(node),
+            Event::Watchdog { node, incarnation } => self.on_watchdog(node, incarnation),
             Event::NextFault => self.on_next_fault(),
             Event::FaultOver { id } => {
                 self.end_fault(id);

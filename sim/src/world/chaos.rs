@@ -1,6 +1,10 @@
 //! Carrying out faults, ending them, and the heal that ends them all.
 
 use rand::Rng;
+use tandem_core::timing::{
+    WATCHDOG_POLL_MS, WATCHDOG_RESTART_MS, WATCHDOG_SILENT_MIN_MS,
+    WATCHDOG_SILENT_WITHOUT_LEASE_MS, WATCHDOG_SLACK_MS,
+};
 use tandem_core::NodeId;
 
 use super::{ActiveFault, Phase, World};
@@ -114,6 +118,54 @@ impl World {
         self.record_fault(Some(node), format!("process paused for {ms} ms"));
         self.trace
             .record(self.now, Some(node), TraceEvent::Paused { until });
+        self.arm_watchdog(node);
+    }
+
+    /// The watchdog's deadline for a process frozen now, as `watchdog::Watch` computes it
+    /// from the pets (the last one sent at the freeze): the end of the last lease it
+    /// announced plus the slack, but never within `WATCHDOG_SILENT_MIN_MS` of the last pet
+    /// (a second of silence if it never held a lease); plus one poll of the watchdog.
+    fn arm_watchdog(&mut self, node: NodeId) {
+        let Some(machine) = self.machines.get(&node) else {
+            return;
+        };
+        if !self.options.watchdog || !machine.running() {
+            return;
+        }
+        // What the agent runs here (the pets' `holding`): the resources it started.
+        if machine.fakes.managed_groups().is_empty() {
+            return;
+        }
+        let silent_from = self.now + WATCHDOG_SILENT_MIN_MS;
+        let deadline = if machine.lease_until > 0 {
+            (machine.lease_until + WATCHDOG_SLACK_MS).max(silent_from) + WATCHDOG_POLL_MS
+        } else {
+            self.now + WATCHDOG_SILENT_WITHOUT_LEASE_MS + WATCHDOG_POLL_MS
+        };
+        if deadline < machine.paused_until {
+            let event = Event::Watchdog {
+                node,
+                incarnation: machine.incarnation,
+            };
+            self.queue.push(deadline, event);
+        }
+    }
+
+    /// The watchdog's deadline passed: a process still frozen is killed (its services and
+    /// virtual IPs go with it) and restarted, as systemd would, a second later.
+    pub(super) fn on_watchdog(&mut self, node: NodeId, incarnation: u32) -> Result<(), Violation> {
+        let frozen = self.machines.get(&node).is_some_and(|machine| {
+            machine.running()
+                && machine.incarnation == incarnation
+                && machine.paused_until > self.now
+        });
+        if !frozen {
+            return Ok(());
+        }
+        self.stop(node, "killed by its watchdog: frozen past its lease", false)?;
+        self.queue
+            .push(self.now + WATCHDOG_RESTART_MS, Event::Restart { node });
+        Ok(())
     }
 
     pub(super) fn record_fault(&mut self, node: Option<NodeId>, what: String) {
