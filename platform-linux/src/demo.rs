@@ -243,13 +243,7 @@ async fn form_cluster(demo: &mut Demo) -> anyhow::Result<()> {
     demo.start_daemon("a")?;
     wait_status(demo, "a", |s| s.leader.is_some()).await?;
     for node in ["b", "w"] {
-        let token = match demo
-            .ask("a", &Command::CreateJoinToken { ttl_secs: 600 })
-            .await?
-        {
-            Reply::Token { token, .. } => token,
-            other => bail!("no join token: {other:?}"),
-        };
+        let token = join_token(demo).await?;
         let (listen, peer) = (demo.listen(node)?, demo.listen("a")?);
         let mut args = vec!["join", "--name", node, "--listen", &listen, "--peer", &peer];
         args.extend(["--token", &token]);
@@ -332,6 +326,25 @@ async fn create_group(demo: &Demo, vip: &str, mount: &Path) -> anyhow::Result<()
     ];
     demo.tandem("a", &args, true)?;
     Ok(())
+}
+
+/// A join token from a. Right after b joined, a and b form the quorum: until b's daemon has
+/// come up and answered, a may have no leader to ask, so a refusal is retried (bounded).
+async fn join_token(demo: &Demo) -> anyhow::Result<String> {
+    let start = Instant::now();
+    loop {
+        wait_status(demo, "a", |s| s.leader.is_some()).await?;
+        match demo
+            .ask("a", &Command::CreateJoinToken { ttl_secs: 600 })
+            .await?
+        {
+            Reply::Token { token, .. } => return Ok(token),
+            Reply::Refused { .. } if start.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => bail!("no join token: {other:?}"),
+        }
+    }
 }
 
 async fn wait_status(
