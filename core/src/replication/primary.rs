@@ -599,10 +599,23 @@ impl Primary {
         request.local = Local::Done;
         if !request.local_ok {
             let text = format!(
-                "the local leg failed client request {} ({:?} {:?})",
+                "the local leg failed client request {} ({:?} {:?}); its range is resynced \
+                 from this leg so the legs stay identical",
                 request.req_id, request.kind, request.range
             );
             self.note(text);
+        }
+    }
+
+    /// A change the local leg failed may have reached the peers: they could hold what this
+    /// leg does not. Once every peer answered it (an ack clears what it covers), the range is
+    /// marked out of sync for every peer, so it is copied from this leg (what the client may
+    /// read) and the legs stay identical.
+    fn resync_failed_range(&mut self, offset: u64, len: u64) {
+        for peer in &mut self.peers {
+            if peer.oos.mark(offset, len).is_ok() && peer.mode == PeerMode::Sync {
+                peer.repairing = true;
+            }
         }
     }
 
@@ -775,6 +788,12 @@ impl Primary {
             .collect();
         for seq in ready {
             if let Some(request) = self.requests.remove(&seq) {
+                let failed_change = request
+                    .range
+                    .filter(|_| !request.local_ok && request.kind != ReqKind::Flush);
+                if let Some((offset, len)) = failed_change {
+                    self.resync_failed_range(offset, len);
+                }
                 self.client_bytes = self.client_bytes.saturating_sub(request.data.len() as u64);
                 self.actions.push(PrimaryAction::Complete {
                     req_id: request.req_id,
