@@ -71,6 +71,11 @@ pub struct Tuning {
     pub resync_busy_rate: u64,
     /// A peer that leaves a message unacked this long is dropped (and outdated if needed).
     pub ack_timeout_ms: u64,
+    /// A link silent this long gets a `Ping` (the secondary answers at once, disk or not).
+    pub ping_interval_ms: u64,
+    /// A `Ping` unanswered this long drops the link: a silently cut connection (a one-way
+    /// firewall drop) is noticed even when no write is waiting, well before `ack_timeout_ms`.
+    pub ping_timeout_ms: u64,
     /// A connection whose `Hello` is not answered this long is dropped.
     pub hello_timeout_ms: u64,
     /// A leg-state proposal not committed after this long is proposed again.
@@ -104,6 +109,8 @@ impl Default for Tuning {
             resync_max_rate: 1 << 30,
             resync_busy_rate: 100 << 20,
             ack_timeout_ms: 10_000,
+            ping_interval_ms: 500,
+            ping_timeout_ms: 3_000,
             hello_timeout_ms: 5_000,
             repropose_ms: 2_000,
             read_retry_ms: 1_000,
@@ -310,6 +317,10 @@ struct Peer {
     mode: PeerMode,
     link: LinkState,
     link_since: u64,
+    /// When the peer was last heard on this link.
+    heard_at: u64,
+    /// The keepalive `Ping` awaiting its `Pong`: (seq, sent at).
+    ping: Option<(u64, u64)>,
     oos: OutOfSync,
     proposal: Option<(LegState, u64)>,
     unacked: BTreeMap<u64, Sent>,

@@ -41,6 +41,8 @@ impl Peer {
             mode,
             link: LinkState::Down,
             link_since: 0,
+            heard_at: 0,
+            ping: None,
             oos,
             proposal: None,
             unacked: BTreeMap::new(),
@@ -89,6 +91,8 @@ impl Primary {
         let peer = &mut self.peers[index];
         peer.link = LinkState::Connecting;
         peer.link_since = self.now;
+        peer.heard_at = self.now;
+        peer.ping = None;
         let bytes = wire::encode(&hello);
         self.actions.push(PrimaryAction::Send { leg, bytes });
         self.pump();
@@ -111,6 +115,7 @@ impl Primary {
         if self.peers[index].link == LinkState::Down {
             return Ok(());
         }
+        self.peers[index].heard_at = self.now;
         let result = match wire::decode(bytes) {
             Ok(message) => self.on_peer_message(index, message),
             Err(error) => {
@@ -150,7 +155,13 @@ impl Primary {
                 self.actions.push(PrimaryAction::Send { leg, bytes });
                 Ok(())
             }
-            Message::Pong { .. } => Ok(()),
+            Message::Pong { seq } => {
+                let peer = &mut self.peers[index];
+                if peer.ping.is_some_and(|(sent, _)| sent == seq) {
+                    peer.ping = None;
+                }
+                Ok(())
+            }
             other => {
                 let reason = match other {
                     Message::Ack { epoch, .. } => {
@@ -581,12 +592,34 @@ impl Primary {
                     {
                         format!("seq {seq} unacknowledged for {} ms", now - sent.at)
                     }
-                    _ => return,
+                    _ => return self.keep_alive(index),
                 }
             }
             _ => return,
         };
         self.peer_failed(index, reason);
+    }
+
+    /// Pings a link that has been silent for a while; drops it when the ping goes
+    /// unanswered (the connection is cut without either end being told).
+    fn keep_alive(&mut self, index: usize) {
+        let now = self.now;
+        let (interval, timeout) = (self.tuning.ping_interval_ms, self.tuning.ping_timeout_ms);
+        let peer = &mut self.peers[index];
+        match peer.ping {
+            Some((_, sent)) if now.saturating_sub(sent) >= timeout => {
+                let reason = format!("no answer to a ping within {timeout} ms");
+                self.peer_failed(index, reason);
+            }
+            Some(_) => {}
+            None if now.saturating_sub(peer.heard_at) >= interval => {
+                peer.ping = Some((now, now));
+                let leg = peer.leg;
+                let bytes = wire::encode(&Message::Ping { seq: now });
+                self.actions.push(PrimaryAction::Send { leg, bytes });
+            }
+            None => {}
+        }
     }
 
     /// A peer leg at a glance.

@@ -801,3 +801,41 @@ fn client_bytes_are_bounded_too() {
         .unwrap_err();
     assert!(matches!(error, ReplError::TooLarge { .. }), "{error}");
 }
+
+#[test]
+fn a_silently_cut_idle_link_is_dropped_after_an_unanswered_ping() {
+    let mut h = Harness::new(&[UP]);
+    h.connect_all();
+    h.settle();
+    h.auto_commit = false;
+    let tuning = Tuning::default();
+    // From now on nothing arrives (a firewall drops the link without closing it); no write is
+    // waiting, so only the keepalive can notice.
+    let mut waited = 0;
+    while h.primary.peer_status(1).expect("s").link == LinkState::Up {
+        assert!(
+            waited <= tuning.ping_interval_ms + tuning.ping_timeout_ms + 100,
+            "still up after {waited} ms of silence"
+        );
+        h.tick(50);
+        waited += 50;
+    }
+    assert!(
+        waited >= tuning.ping_timeout_ms,
+        "dropped after only {waited} ms"
+    );
+    assert_eq!(h.proposals.front().map(|p| p.1), Some(LegState::Outdated));
+}
+
+#[test]
+fn an_idle_link_that_answers_its_pings_stays_up() {
+    let mut h = Harness::new(&[UP]);
+    h.connect_all();
+    h.settle();
+    for _ in 0..200 {
+        h.tick(50);
+        h.deliver_all();
+    }
+    assert_eq!(h.primary.peer_status(1).expect("s").link, LinkState::Up);
+    assert_eq!(h.primary.peer_status(1).expect("s").mode, PeerMode::Sync);
+}
