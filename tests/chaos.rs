@@ -71,7 +71,7 @@ fn a_chaos_run_of_given_length() {
     chaos("chaoslong", seed, seconds, &Kind::EVERY);
 }
 
-/// Found by the first chaos run (seed 1 with the primary's leg filled, 2026-11-28): when the
+/// Found by the first chaos run (seed 1 of the first schedule, 2026-11-28; here 20 s of that fault alone): when the
 /// primary's own leg fails a write (ENOSPC) that its peer wrote, the client gets an error,
 /// but the peer keeps the new data and nothing marks the block out of sync: after the heal
 /// both legs are UpToDate and `tandem volume verify` reports mismatches (DESIGN.md §5 rule
@@ -80,5 +80,5 @@ fn a_chaos_run_of_given_length() {
 #[test]
 #[ignore = "open bug: a write the primary's leg fails leaves the legs different"]
 fn regression_a_write_failed_by_the_primarys_full_leg_leaves_the_legs_different() {
-    chaos("chaosfull", 1, 30, &[Kind::PrimaryDiskFull, Kind::Pause]);
+    chaos("chaosfull", 1, 20, &[Kind::PrimaryDiskFull]);
 }
