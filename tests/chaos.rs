@@ -6,7 +6,9 @@
 //!
 //! The short run is in the default suite. The long one is `scripts/chaos SECONDS [--seed N]`
 //! (the ignored test below, reading `TANDEM_CHAOS_SECONDS` and `TANDEM_CHAOS_SEED`).
-//! `TANDEM_CHAOS_SEED` also replays the short run with another seed.
+//! `TANDEM_CHAOS_SEED` also replays the short run with another seed; with
+//! `TANDEM_CHAOS_KEEP_LOGS` set, the daemons' logs, the timeline and the faults are kept in a
+//! directory under the temp dir (always kept when a run fails).
 
 use std::time::Duration;
 
@@ -26,6 +28,9 @@ fn chaos(tag: &str, seed: u64, seconds: u64, kinds: &[Kind]) -> Report {
     chaos.run(&faults);
     let report = chaos.finish();
     eprintln!("{report}");
+    if std::env::var_os("TANDEM_CHAOS_KEEP_LOGS").is_some() {
+        eprintln!("logs and timeline kept in {}", chaos.keep_logs().display());
+    }
     // Asserted while the rig still runs: a failure keeps the logs and the timeline.
     assert_safe(&report);
     report

@@ -202,6 +202,8 @@ pub struct Chaos {
     threads: Vec<JoinHandle<()>>,
     pub history: Arc<Mutex<History>>,
     timeline: Arc<Mutex<BTreeMap<u64, Ev>>>,
+    /// Samples of "every leg UpToDate" (unix ms, as `w` saw it), every 500 ms.
+    legs: Arc<Mutex<Vec<(u64, bool)>>>,
     pub injected: Vec<Injected>,
     started: Instant,
     seed: u64,
@@ -221,6 +223,7 @@ impl Chaos {
             threads: Vec::new(),
             history: Arc::default(),
             timeline: Arc::default(),
+            legs: Arc::default(),
             injected: Vec::new(),
             started: Instant::now(),
             seed,
@@ -287,6 +290,18 @@ impl Chaos {
                 writer::run_probe(exports, node, block, stop, history)
             }));
         }
+        let (stop, legs, dir) = (
+            self.stop.clone(),
+            self.legs.clone(),
+            self.rig.dir("w").to_path_buf(),
+        );
+        self.threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let up = legs_up_to_date(&dir);
+                legs.lock().expect("legs").push((unix_ms(), up));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }));
         let (stop, timeline) = (self.stop.clone(), self.timeline.clone());
         let dirs: Vec<PathBuf> = ALL.iter().map(|n| self.rig.dir(n).to_path_buf()).collect();
         self.threads.push(std::thread::spawn(move || {
@@ -313,7 +328,7 @@ impl Chaos {
     /// Injects every fault of `faults` in turn, each healed after its hold.
     pub fn run(&mut self, faults: &[Fault]) {
         self.started = Instant::now();
-        for fault in faults {
+        for (index, fault) in faults.iter().enumerate() {
             let primary = self.primary();
             let fault = &resolve(fault, primary.as_deref());
             eprintln!(
@@ -332,7 +347,10 @@ impl Chaos {
                 end_ms,
                 primary,
             });
-            std::thread::sleep(Duration::from_millis(fault.gap_ms));
+            // After the last fault the final heal and convergence follow at once.
+            if index + 1 < faults.len() {
+                std::thread::sleep(Duration::from_millis(fault.gap_ms));
+            }
         }
     }
 
@@ -550,6 +568,7 @@ impl Chaos {
         let (role_overlaps, role_overlaps_frozen) =
             analysis::role_overlaps(&timeline, &self.injected);
         let run_start = unix_ms() - self.started.elapsed().as_millis() as u64;
+        let samples = self.legs.lock().expect("legs").clone();
         Report {
             seed: self.seed,
             fault_secs: fault_phase_end.saturating_sub(run_start) / 1000,
@@ -568,6 +587,7 @@ impl Chaos {
             role_overlaps,
             role_overlaps_frozen,
             promotions: timeline.iter().filter(|e| e.kind == "promoted").count(),
+            settle_ms: analysis::settle_times(&samples, &self.injected, u64::MAX),
             longest_gap_ms: gap,
             longest_gap_at: format!(
                 "ending {:.1} s into the run; {}",
@@ -656,6 +676,19 @@ fn unfill(dir: &Path) {
     let _ = std::fs::remove_file(dir.join("filler"));
 }
 
+/// Whether `volume show db` of the node at `dir` lists legs, all UpToDate.
+fn legs_up_to_date(dir: &Path) -> bool {
+    let output = cli(dir, &["volume", "show", "db", "--json"]);
+    let Ok(reply) = serde_json::from_slice::<Value>(&output.stdout) else {
+        return false;
+    };
+    let legs = reply["volumes"][0]["legs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    !legs.is_empty() && legs.iter().all(|leg| leg["state"] == "UpToDate")
+}
+
 /// Merges the timeline as the first answering node of `dirs` sees it into `into` (by
 /// sequence number, so events pushed out of the daemons' newest-500 window are kept).
 fn collect_timeline(dirs: &[PathBuf], into: &Mutex<BTreeMap<u64, Ev>>) {
@@ -719,6 +752,9 @@ pub struct Report {
     pub longest_gap_ms: u64,
     pub longest_gap_at: String,
     pub converge: Duration,
+    /// Per healed fault, ms from its heal until every leg was UpToDate again (`None`: not
+    /// before the next fault).
+    pub settle_ms: Vec<Option<u64>>,
     pub final_primary: String,
     pub verify: String,
     pub verify_ok: bool,

@@ -143,6 +143,38 @@ pub fn longest_gap(history: &History) -> (u64, u64) {
         .unwrap_or_default()
 }
 
+/// Per injected fault: ms from its heal until the first sample with every leg UpToDate,
+/// if that came before the next fault started (or, for the last, before `end`).
+pub fn settle_times(samples: &[(u64, bool)], injected: &[Injected], end: u64) -> Vec<Option<u64>> {
+    injected
+        .iter()
+        .enumerate()
+        .map(|(index, fault)| {
+            let until = injected.get(index + 1).map_or(end, |next| next.start_ms);
+            samples
+                .iter()
+                .find(|(at, up)| *up && *at >= fault.end_ms && *at <= until)
+                .map(|(at, _)| at - fault.end_ms)
+        })
+        .collect()
+}
+
+/// Median and maximum of the settle times that settled, and how many did not.
+fn settle_summary(settle: &[Option<u64>]) -> String {
+    let mut settled: Vec<u64> = settle.iter().flatten().copied().collect();
+    settled.sort_unstable();
+    let missed = settle.len() - settled.len();
+    let (Some(median), Some(max)) = (settled.get(settled.len() / 2), settled.last()) else {
+        return format!("none settled before the next fault ({missed})");
+    };
+    format!(
+        "median {:.1} s, max {:.1} s; {missed} of {} not before the next fault",
+        *median as f64 / 1000.0,
+        *max as f64 / 1000.0,
+        settle.len()
+    )
+}
+
 /// The faults active (between injection and heal) at `at`, or the one just healed.
 pub fn faults_around(injected: &[Injected], from: u64, to: u64) -> String {
     let hit: Vec<String> = injected
@@ -228,7 +260,11 @@ impl Report {
                 ),
             ),
             (
-                "time to converge after the heal",
+                "legs UpToDate again after each fault's heal (sampled every 0.5 s)",
+                settle_summary(&self.settle_ms),
+            ),
+            (
+                "time to converge after the final heal",
                 format!("{:.1} s", self.converge.as_secs_f64()),
             ),
             (
