@@ -101,10 +101,12 @@ pub struct Exports {
 }
 
 impl Exports {
-    /// Connects to the first node (starting with `prefer`) whose export answers.
-    fn connect_any(&self, prefer: Option<&str>) -> Option<(String, NbdClient)> {
+    /// Connects to the first node whose export answers, trying `avoid` (the node whose
+    /// request just failed) last: a deposed primary keeps its export until it learns of the
+    /// new epoch, refusing every write, while the new primary already takes them.
+    fn connect_any(&self, avoid: Option<&str>) -> Option<(String, NbdClient)> {
         let mut order: Vec<&(String, PathBuf)> = self.sockets.iter().collect();
-        order.sort_by_key(|(node, _)| Some(node.as_str()) != prefer);
+        order.sort_by_key(|(node, _)| Some(node.as_str()) == avoid);
         order.into_iter().find_map(|(node, socket)| {
             if !socket.exists() {
                 return None;
@@ -153,13 +155,12 @@ pub fn run_writer(
 ) {
     let mut rng = Rng::new(seed);
     let mut connection: Option<(String, NbdClient)> = None;
-    let mut last_node: Option<String> = None;
+    let mut failed_on: Option<String> = None;
     let mut version = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let Some((node, client)) = connection.as_mut() else {
-            connection = exports.connect_any(last_node.as_deref());
-            if let Some((node, _)) = &connection {
-                last_node = Some(node.clone());
+            connection = exports.connect_any(failed_on.as_deref());
+            if connection.is_some() {
                 history.lock().expect("history").reconnects += 1;
             } else {
                 std::thread::sleep(Duration::from_millis(50));
@@ -191,6 +192,7 @@ pub fn run_writer(
             history.lock().expect("history").flushed_upto = version;
         }
         if !ok {
+            failed_on = Some(node.clone());
             connection = None;
         }
         std::thread::sleep(PACE);
