@@ -261,16 +261,26 @@ pub struct Verdict {
 /// must hold its latest acknowledged request (a version, or zeroes for a discard) or a
 /// request sent after it (in flight when a connection failed, so it may have landed).
 pub fn check_reads(client: &mut NbdClient, blocks: u64, history: &History) -> Verdict {
+    check_blocks(blocks, history, |block| {
+        client
+            .read(block * BLOCK, BLOCK as u32)
+            .unwrap_or_else(|error| panic!("read-back of block {block} failed: {error}"))
+    })
+}
+
+/// [`check_reads`] with the reading left to `read` (the block's bytes).
+pub fn check_blocks(
+    blocks: u64,
+    history: &History,
+    mut read: impl FnMut(u64) -> Vec<u8>,
+) -> Verdict {
     let mut per_block: BTreeMap<u64, Vec<&Op>> = BTreeMap::new();
     for op in &history.ops {
         per_block.entry(op.block).or_default().push(op);
     }
     let mut verdict = Verdict::default();
     for block in 0..blocks {
-        let data = client
-            .read(block * BLOCK, BLOCK as u32)
-            .unwrap_or_else(|error| panic!("read-back of block {block} failed: {error}"));
-        let found = classify(block, &data);
+        let found = classify(block, &read(block));
         let ops = per_block.get(&block).map(Vec::as_slice).unwrap_or_default();
         let last_acked = ops.iter().rposition(|op| op.acked_ms.is_some());
         let allowed = &ops[last_acked.unwrap_or(0)..];
@@ -301,4 +311,74 @@ pub fn check_reads(client: &mut NbdClient, blocks: u64, history: &History) -> Ve
         ));
     }
     verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(version: u64, block: u64, discard: bool, acked: bool) -> Op {
+        Op {
+            version,
+            block,
+            discard,
+            node: "a".into(),
+            sent_ms: version,
+            acked_ms: acked.then_some(version + 1),
+        }
+    }
+
+    /// Checks one block (0) whose requests are `ops` and which reads back `data`.
+    fn verdict(ops: Vec<Op>, data: Vec<u8>) -> Verdict {
+        let history = History {
+            ops,
+            ..History::default()
+        };
+        check_blocks(1, &history, |_| data.clone())
+    }
+
+    #[test]
+    fn the_latest_acknowledged_version_or_a_later_unacknowledged_one_passes() {
+        let ops = || {
+            vec![
+                op(1, 0, false, true),
+                op(2, 0, false, true),
+                op(3, 0, false, false),
+            ]
+        };
+        let found = verdict(ops(), block_content(0, 2));
+        assert!(
+            found.lost.is_empty() && found.unacked_landed == 0,
+            "{found:?}"
+        );
+        let found = verdict(ops(), block_content(0, 3));
+        assert!(
+            found.lost.is_empty() && found.unacked_landed == 1,
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_older_version_zeroes_or_garbage_instead_of_the_acknowledged_one_is_lost() {
+        let ops = || vec![op(1, 0, false, false), op(2, 0, false, true)];
+        // An unacknowledged request sent *before* the acknowledged one may not win.
+        assert_eq!(verdict(ops(), block_content(0, 1)).lost.len(), 1);
+        assert_eq!(verdict(ops(), vec![0; BLOCK as usize]).lost.len(), 1);
+        let mut torn = block_content(0, 2);
+        torn[100] ^= 1;
+        assert_eq!(verdict(ops(), torn).lost.len(), 1);
+        assert_eq!(verdict(ops(), block_content(1, 2)).lost.len(), 1);
+    }
+
+    #[test]
+    fn an_acknowledged_discard_reads_back_as_zeroes() {
+        let ops = || vec![op(1, 0, false, true), op(2, 0, true, true)];
+        assert!(verdict(ops(), vec![0; BLOCK as usize]).lost.is_empty());
+        assert_eq!(verdict(ops(), block_content(0, 1)).lost.len(), 1);
+        // A block never acknowledged may hold zeroes or an unacknowledged version.
+        assert!(verdict(vec![op(1, 0, false, false)], block_content(0, 1))
+            .lost
+            .is_empty());
+        assert!(verdict(Vec::new(), vec![0; BLOCK as usize]).lost.is_empty());
+    }
 }
