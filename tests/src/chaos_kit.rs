@@ -442,6 +442,7 @@ impl Chaos {
         let primary = wait_for("a primary after the heal", CONVERGE_LIMIT, || {
             self.primary()
         });
+        self.wait_all_online();
         let converge = healed.elapsed();
         // The volume takes writes again: one acknowledged after the convergence.
         let since = unix_ms();
@@ -455,7 +456,7 @@ impl Chaos {
             },
         );
         self.stop_clients();
-        collect_timeline(&self.dirs(), &self.timeline);
+        self.collect_until_quiet();
         let verdict = self.read_back(&primary);
         let verify = self.rig.cluster.cli(&primary, &["volume", "verify", "db"]);
         let verify_ok = verify.status.success() && text(&verify).contains("identical");
@@ -466,6 +467,32 @@ impl Chaos {
         report.verify_ok = verify_ok;
         report.mismatches = self.explain_mismatches(&report.verify);
         report
+    }
+
+    /// Waits until every node answers and every node sees all three online: a node cut off
+    /// by a one-way drop may need its TCP retransmissions to come back after the heal.
+    fn wait_all_online(&self) {
+        for node in ALL {
+            self.rig.cluster.wait_online(node, ALL.len());
+        }
+    }
+
+    /// Collects the timeline from every node until no new event arrived for 4 s (a node
+    /// retries the events it recorded while cut off every 2 s until they are committed);
+    /// 60 s at most.
+    fn collect_until_quiet(&self) {
+        let start = Instant::now();
+        let mut last = (Vec::new(), Instant::now());
+        while start.elapsed() < Duration::from_secs(60) {
+            let newest = collect_timeline(&self.dirs(), &self.timeline);
+            if newest != last.0 {
+                last = (newest, Instant::now());
+            } else if last.1.elapsed() >= Duration::from_secs(4) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!("newest timeline event each of {ALL:?} shows: {:?}", last.0);
     }
 
     /// For every `mismatch at offset N` in a verify report: what each leg holds there and
@@ -689,16 +716,21 @@ fn legs_up_to_date(dir: &Path) -> bool {
     !legs.is_empty() && legs.iter().all(|leg| leg["state"] == "UpToDate")
 }
 
-/// Merges the timeline as the first answering node of `dirs` sees it into `into` (by
-/// sequence number, so events pushed out of the daemons' newest-500 window are kept).
-fn collect_timeline(dirs: &[PathBuf], into: &Mutex<BTreeMap<u64, Ev>>) {
-    let Some(events) = dirs.iter().find_map(|dir| events_of(dir)) else {
-        return;
-    };
-    let mut timeline = into.lock().expect("timeline");
-    for event in events {
-        timeline.insert(event.seq, event);
+/// Merges the timeline as every answering node of `dirs` sees it into `into` (by sequence
+/// number, so events pushed out of the daemons' newest-500 window are kept, and a node whose
+/// applied state lags adds nothing wrong). Returns the newest sequence number each node
+/// showed (`None`: it did not answer).
+fn collect_timeline(dirs: &[PathBuf], into: &Mutex<BTreeMap<u64, Ev>>) -> Vec<Option<u64>> {
+    let mut newest = Vec::new();
+    for dir in dirs {
+        let events = events_of(dir);
+        newest.push(events.as_ref().and_then(|e| e.iter().map(|e| e.seq).max()));
+        let mut timeline = into.lock().expect("timeline");
+        for event in events.into_iter().flatten() {
+            timeline.insert(event.seq, event);
+        }
     }
+    newest
 }
 
 /// `tandem events --json` of the node at `dir` (through its control socket), names resolved.
