@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod chaos_kit;
 pub mod failover_kit;
 pub mod lab_cluster;
 pub mod nbd_client;

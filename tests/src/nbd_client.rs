@@ -9,8 +9,10 @@ use std::time::Duration;
 
 const REQUEST_MAGIC: u32 = 0x2560_9513;
 const REPLY_MAGIC: u32 = 0x6744_6698;
+const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
 const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
 const FLAG_FUA: u16 = 1;
 
 /// One connection in the transmission phase.
@@ -23,8 +25,19 @@ pub struct NbdClient {
 impl NbdClient {
     /// Connects to `socket` and opens export `name` (fixed newstyle, NBD_OPT_EXPORT_NAME).
     pub fn connect(socket: &Path, name: &str) -> std::io::Result<NbdClient> {
+        NbdClient::connect_within(socket, name, Duration::from_secs(30))
+    }
+
+    /// [`NbdClient::connect`] where every reply (the handshake's too) must come within
+    /// `limit`: a frozen server fails the call instead of hanging it.
+    pub fn connect_within(
+        socket: &Path,
+        name: &str,
+        limit: Duration,
+    ) -> std::io::Result<NbdClient> {
         let mut stream = UnixStream::connect(socket)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_read_timeout(Some(limit))?;
+        stream.set_write_timeout(Some(limit))?;
         let mut greeting = [0u8; 18];
         stream.read_exact(&mut greeting)?;
         if &greeting[..8] != b"NBDMAGIC" || &greeting[8..16] != b"IHAVEOPT" {
@@ -41,7 +54,7 @@ impl NbdClient {
         let size = u64::from_be_bytes(export[..8].try_into().expect("8 bytes"));
         Ok(NbdClient {
             stream,
-            next_cookie: 1,
+            next_cookie: 0,
             size,
         })
     }
@@ -56,6 +69,21 @@ impl NbdClient {
         self.request(CMD_FLUSH, 0, 0, &[])
     }
 
+    /// Discards `length` bytes at `offset` (tandem reads a discarded range back as zeroes).
+    pub fn trim(&mut self, offset: u64, length: u32) -> std::io::Result<()> {
+        self.send(CMD_TRIM, 0, offset, length, &[])?;
+        self.reply()
+    }
+
+    /// Reads `length` bytes at `offset`.
+    pub fn read(&mut self, offset: u64, length: u32) -> std::io::Result<Vec<u8>> {
+        self.send(CMD_READ, 0, offset, length, &[])?;
+        self.reply()?;
+        let mut data = vec![0u8; length as usize];
+        self.stream.read_exact(&mut data)?;
+        Ok(data)
+    }
+
     fn request(
         &mut self,
         command: u16,
@@ -63,17 +91,35 @@ impl NbdClient {
         offset: u64,
         data: &[u8],
     ) -> std::io::Result<()> {
-        let cookie = self.next_cookie;
+        self.send(command, flags, offset, data.len() as u32, data)?;
+        self.reply()
+    }
+
+    /// Sends one request (`length` is the request's length field; `data` the payload).
+    fn send(
+        &mut self,
+        command: u16,
+        flags: u16,
+        offset: u64,
+        length: u32,
+        data: &[u8],
+    ) -> std::io::Result<()> {
         self.next_cookie += 1;
+        let cookie = self.next_cookie;
         let mut header = Vec::with_capacity(28 + data.len());
         header.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
         header.extend_from_slice(&flags.to_be_bytes());
         header.extend_from_slice(&command.to_be_bytes());
         header.extend_from_slice(&cookie.to_be_bytes());
         header.extend_from_slice(&offset.to_be_bytes());
-        header.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        header.extend_from_slice(&length.to_be_bytes());
         header.extend_from_slice(data);
-        self.stream.write_all(&header)?;
+        self.stream.write_all(&header)
+    }
+
+    /// Reads the simple reply to the last request sent.
+    fn reply(&mut self) -> std::io::Result<()> {
+        let cookie = self.next_cookie;
         let mut reply = [0u8; 16];
         self.stream.read_exact(&mut reply)?;
         let magic = u32::from_be_bytes(reply[..4].try_into().expect("4 bytes"));
