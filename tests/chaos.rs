@@ -80,10 +80,9 @@ fn a_chaos_run_of_given_length() {
 /// primary's own leg fails a write (ENOSPC) that its peer wrote, the client gets an error,
 /// but the peer keeps the new data and nothing marks the block out of sync: after the heal
 /// both legs are UpToDate and `tandem volume verify` reports mismatches (DESIGN.md §5 rule
-/// 4). No acknowledged write is lost (the write was refused). Fails until the primary marks a
-/// range its leg failed for resync (or detaches its failing leg).
+/// 4). No acknowledged write is lost (the write was refused). Fixed: the primary resyncs a
+/// range its own leg failed to every peer once they answered it.
 #[test]
-#[ignore = "open bug: a write the primary's leg fails leaves the legs different"]
-fn regression_a_write_failed_by_the_primarys_full_leg_leaves_the_legs_different() {
+fn regression_a_write_failed_by_the_primarys_full_leg_leaves_the_legs_identical() {
     chaos("chaosfull", 1, 20, &[Kind::PrimaryDiskFull]);
 }

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::failover_kit::{unix_ms, Ev, Rig};
+use crate::failover_kit::{alive, unix_ms, Ev, Rig};
 use crate::nbd_client::NbdClient;
 use crate::{cli, run_ok, run_program, text, wait_for};
 use writer::{check_reads, Exports, History, Rng, Verdict, BLOCK};
@@ -70,19 +70,20 @@ pub enum Kind {
     /// The file system of the leg of the node that is not the primary (when the fault
     /// starts) filled up, the filler removed after the hold.
     DiskFull,
-    /// The same for the primary's leg. Not in [`Kind::EVERY`]: a local write that fails on
-    /// the primary after its peer wrote it leaves the legs different for good (see
-    /// `tests/chaos.rs`, the ignored regression test).
+    /// The same for the primary's leg: its failed writes are refused to the client, and what
+    /// its peer took of them is resynced from the primary's leg (the regression test in
+    /// `tests/chaos.rs` found it missing).
     PrimaryDiskFull,
 }
 
 impl Kind {
-    pub const EVERY: [Kind; 5] = [
+    pub const EVERY: [Kind; 6] = [
         Kind::Kill,
         Kind::LinkDown,
         Kind::OneWayDrop,
         Kind::Pause,
         Kind::DiskFull,
+        Kind::PrimaryDiskFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -197,7 +198,7 @@ pub struct Injected {
 pub struct Chaos {
     pub rig: Rig,
     leg_fs: Vec<PathBuf>,
-    paused: Option<i32>,
+    paused: Option<(i32, &'static str)>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub history: Arc<Mutex<History>>,
@@ -372,7 +373,7 @@ impl Chaos {
                 let pid = self.daemon_pid(fault.node);
                 // SAFETY: kill(2) on the PID of a daemon this rig started and has not reaped.
                 unsafe { libc::kill(pid, libc::SIGSTOP) };
-                self.paused = Some(pid);
+                self.paused = Some((pid, fault.node));
             }
             Kind::DiskFull | Kind::PrimaryDiskFull => fill(&self.leg_dir(fault.node)),
         }
@@ -399,9 +400,25 @@ impl Chaos {
     }
 
     fn resume(&mut self) {
-        if let Some(pid) = self.paused.take() {
+        if let Some((pid, node)) = self.paused.take() {
             // SAFETY: kill(2) on the PID of a daemon this rig started and paused.
             unsafe { libc::kill(pid, libc::SIGCONT) };
+            self.restart_if_dead(node);
+        }
+    }
+
+    /// A daemon frozen past its lease while it ran the group is killed by its watchdog; it
+    /// is started again here, as a service manager would.
+    fn restart_if_dead(&mut self, node: &'static str) {
+        let pid = self.rig.cluster.pid(node);
+        let dead = pid.is_none_or(|pid| !alive(i32::try_from(pid).unwrap_or(i32::MAX)));
+        if dead {
+            eprintln!(
+                "{} {node}'s daemon is gone (its watchdog fenced it): starting it again",
+                self.clock()
+            );
+            self.rig.cluster.kill(node);
+            self.rig.cluster.start(node);
         }
     }
 
@@ -422,9 +439,7 @@ impl Chaos {
             unfill(&self.leg_dir(node));
         }
         for node in ALL {
-            if self.rig.cluster.pid(node).is_none() {
-                self.rig.cluster.start(node);
-            }
+            self.restart_if_dead(node);
         }
     }
 
