@@ -150,6 +150,10 @@ impl EngineHandle {
             .map_err(|_| io::Error::other("the volume is no longer primary here"))?;
         match answer.recv() {
             Ok(true) => Ok(()),
+            // Requests waiting when the lease lapsed are failed unacknowledged.
+            Ok(false) if !self.lease.holds() => Err(io::Error::other(
+                "this node lost its lease while the request waited: not acknowledged",
+            )),
             Ok(false) => Err(io::Error::other("the write failed on a leg")),
             Err(_) => Err(io::Error::other("the volume stopped being primary here")),
         }
