@@ -292,6 +292,17 @@ struct Judge<'a> {
     violation: Option<(&'a Violation, u64)>,
 }
 
+/// The failing row of an expectation whose window had no sample.
+fn no_sample(from: u64, to: u64) -> Row {
+    row(
+        false,
+        format!(
+            "no sample {} (the run ended first)",
+            Judge::window_text(from, to)
+        ),
+    )
+}
+
 fn row(pass: bool, detail: String) -> Row {
     Row {
         what: String::new(),
@@ -538,13 +549,7 @@ impl Judge<'_> {
             .iter()
             .find(|s| !s.groups.get(group).is_some_and(|g| g.runs_only_on(id)));
         match (bad, samples.len()) {
-            (_, 0) => row(
-                false,
-                format!(
-                    "no sample {} (the run ended first)",
-                    Self::window_text(from, to)
-                ),
-            ),
+            (_, 0) => no_sample(from, to),
             (Some(sample), _) => row(
                 false,
                 format!("left {node}: {}", self.describe(sample, group)),
@@ -565,13 +570,7 @@ impl Judge<'_> {
             .iter()
             .find(|s| s.groups.get(group).is_some_and(|g| g.any.contains(&id)));
         match (bad, samples.len()) {
-            (_, 0) => row(
-                false,
-                format!(
-                    "no sample {} (the run ended first)",
-                    Self::window_text(from, to)
-                ),
-            ),
+            (_, 0) => no_sample(from, to),
             (Some(sample), _) => row(
                 false,
                 format!("ran on {node}: {}", self.describe(sample, group)),

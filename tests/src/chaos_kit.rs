@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::failover_kit::{alive, unix_ms, Ev, Rig};
+use crate::failover_kit::{alive, parse_events, unix_ms, Ev, Rig};
 use crate::nbd_client::NbdClient;
 use crate::{cli, run_ok, run_program, text, wait_for};
 use writer::{check_reads, Exports, History, Rng, Verdict, BLOCK};
@@ -761,20 +761,7 @@ fn events_of(dir: &Path) -> Option<Vec<Ev>> {
     if !output.status.success() {
         return None;
     }
-    let mut events = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let value: Value = serde_json::from_str(line).ok()?;
-        let id = value["node"].as_u64()?;
-        events.push(Ev {
-            seq: value["seq"].as_u64()?,
-            at_unix_ms: value["at_unix_ms"].as_u64()?,
-            node: names.get(&id).cloned().unwrap_or_else(|| id.to_string()),
-            group: value["group"].as_str().map(str::to_string),
-            kind: value["kind"].as_str()?.to_string(),
-            detail: value["detail"].as_str().unwrap_or_default().to_string(),
-        });
-    }
-    Some(events)
+    parse_events(&String::from_utf8_lossy(&output.stdout), &names)
 }
 
 /// What a chaos run found.

@@ -160,20 +160,7 @@ impl Rig {
         if !output.status.success() {
             return None;
         }
-        let mut events = Vec::new();
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let value: Value = serde_json::from_str(line).ok()?;
-            let id = value["node"].as_u64()?;
-            events.push(Ev {
-                seq: value["seq"].as_u64()?,
-                at_unix_ms: value["at_unix_ms"].as_u64()?,
-                node: names.get(&id).cloned().unwrap_or_else(|| id.to_string()),
-                group: value["group"].as_str().map(str::to_string),
-                kind: value["kind"].as_str()?.to_string(),
-                detail: value["detail"].as_str().unwrap_or_default().to_string(),
-            });
-        }
-        Some(events)
+        parse_events(&String::from_utf8_lossy(&output.stdout), &names)
     }
 
     /// The timeline from whichever node answers first (`w`, `b`, `a`).
@@ -530,6 +517,25 @@ pub fn alive(pid: i32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
+}
+
+/// The lines of `tandem events --json`, node ids resolved through `names`; `None` when a
+/// line is not an event.
+pub fn parse_events(json_lines: &str, names: &BTreeMap<u64, String>) -> Option<Vec<Ev>> {
+    let mut events = Vec::new();
+    for line in json_lines.lines() {
+        let value: Value = serde_json::from_str(line).ok()?;
+        let id = value["node"].as_u64()?;
+        events.push(Ev {
+            seq: value["seq"].as_u64()?,
+            at_unix_ms: value["at_unix_ms"].as_u64()?,
+            node: names.get(&id).cloned().unwrap_or_else(|| id.to_string()),
+            group: value["group"].as_str().map(str::to_string),
+            kind: value["kind"].as_str()?.to_string(),
+            detail: value["detail"].as_str().unwrap_or_default().to_string(),
+        });
+    }
+    Some(events)
 }
 
 /// The process name (`comm`) of `pid`.
