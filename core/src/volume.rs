@@ -293,7 +293,11 @@ pub fn promote(
             });
         }
     }
-    if leg.state != LegState::UpToDate && !force {
+    #[cfg(feature = "mutations")]
+    let force_rule = force || crate::data_mutations::get().promote_outdated;
+    #[cfg(not(feature = "mutations"))]
+    let force_rule = force;
+    if leg.state != LegState::UpToDate && !force_rule {
         let up_to_date: Vec<String> = volume
             .legs
             .iter()

@@ -29,6 +29,7 @@ pub mod net;
 pub mod resources;
 pub mod summary;
 pub mod trace;
+pub mod volume;
 pub mod workload;
 pub mod world;
 

@@ -770,7 +770,7 @@ impl Primary {
         let ready: Vec<u64> = self
             .requests
             .iter()
-            .filter(|(_, r)| r.local == Local::Done && r.need.is_empty())
+            .filter(|(_, r)| r.local == Local::Done && (r.need.is_empty() || ack_early()))
             .map(|(&seq, _)| seq)
             .collect();
         for seq in ready {
@@ -835,6 +835,17 @@ impl Primary {
         self.actions
             .push(PrimaryAction::Note(format!("volume {volume}: {text}")));
     }
+}
+
+/// The `ack_before_peer` mutation: complete requests without waiting for peers.
+#[cfg(feature = "mutations")]
+fn ack_early() -> bool {
+    crate::data_mutations::get().ack_before_peer
+}
+
+#[cfg(not(feature = "mutations"))]
+fn ack_early() -> bool {
+    false
 }
 
 /// A read reported through `disk_done`: failed (`ok: false`) is fine, "done" is the shim's
