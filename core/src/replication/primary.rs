@@ -38,7 +38,7 @@ mod verify;
 pub use resync::MAX_SKIP_RANGES;
 pub use verify::{VerifyStatus, MAX_VERIFY_MISMATCHES};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::secondary::MAX_SECONDARY_OPS;
 use super::wire::{self, Message, MAX_DATA, MAX_VERIFY_LEN, VERIFY_BLOCK};
@@ -358,6 +358,9 @@ pub struct Primary {
     disk: BTreeMap<u64, Purpose>,
     /// Grain-aligned ranges known to be zero locally, sorted, disjoint.
     skip: Vec<(u64, u64)>,
+    /// Requests the local leg failed while peers may apply them: their acks must not
+    /// clear the range from a bitmap (see `local_failed_at`).
+    local_failed: BTreeSet<u64>,
     actions: Vec<PrimaryAction>,
 }
 
@@ -416,6 +419,7 @@ impl Primary {
             client_bytes: 0,
             disk: BTreeMap::new(),
             skip: Vec::new(),
+            local_failed: BTreeSet::new(),
             actions: Vec::new(),
         })
     }
@@ -583,6 +587,9 @@ impl Primary {
     }
 
     fn local_done(&mut self, seq: u64, ok: bool) {
+        if !ok {
+            self.local_failed_at(seq);
+        }
         let Some(request) = self.requests.get_mut(&seq) else {
             return;
         };
@@ -606,6 +613,29 @@ impl Primary {
         }
     }
 
+    /// Request `seq` failed on the local leg, but the peers it was sent to may apply it: the
+    /// legs may now differ in its range (simulator seed 124). The range is marked out of sync
+    /// for every peer, so it is resynced from this leg and the legs converge on what this
+    /// leg holds (the client was told the request failed, so either content is allowed);
+    /// acks of the request itself must not clear those bits.
+    fn local_failed_at(&mut self, seq: u64) {
+        let Some((offset, len)) = self.requests.get(&seq).and_then(|r| r.range) else {
+            return;
+        };
+        self.local_failed.insert(seq);
+        for peer in &mut self.peers {
+            let marked = peer.oos.mark(offset, len).is_ok();
+            if marked && matches!(peer.mode, PeerMode::Sync | PeerMode::Promoting) {
+                peer.repairing = true;
+            }
+        }
+    }
+
+    /// Whether an ack of `seq` may clear its range from a peer's bitmap.
+    pub(super) fn failed_locally(&self, seq: u64) -> bool {
+        self.local_failed.contains(&seq)
+    }
+
     /// Runs everything that can run: waiting requests, resync, promotions, completions.
     fn pump(&mut self) {
         for index in 0..self.peers.len() {
@@ -619,6 +649,12 @@ impl Primary {
             self.maybe_end_repair(index);
         }
         self.complete_ready();
+        if !self.local_failed.is_empty() {
+            let (requests, peers) = (&self.requests, &self.peers);
+            self.local_failed.retain(|seq| {
+                requests.contains_key(seq) || peers.iter().any(|p| p.unacked.contains_key(seq))
+            });
+        }
     }
 
     /// Starts waiting requests whose range no earlier request or resync holds (FIFO among

@@ -242,6 +242,8 @@ pub struct VolumeReport {
     pub disk_faults: u64,
     /// Milliseconds from the heal until the legs were identical.
     pub converged_after_ms: u64,
+    /// Hash of every trace line (two runs of one seed must agree).
+    pub trace_digest: u64,
 }
 
 impl VolumeReport {

@@ -231,6 +231,7 @@ impl World {
         self.report.acked_writes = self.history.acked_writes;
         self.report.acked_flushes = self.history.acked_flushes;
         self.report.failed_requests = self.history.failed;
+        self.report.trace_digest = self.digest();
         match self.violation.take() {
             None => Ok(self.report),
             Some(violation) => {
