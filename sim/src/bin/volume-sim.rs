@@ -49,6 +49,10 @@ struct Cli {
     /// Report committed leg states to the primary only when they change, as today's daemon.
     #[arg(long)]
     daemon_leg_reports: bool,
+    /// After a takeover, assume the other UpToDate legs equal the new primary's, as today's
+    /// daemon does (no repair resync).
+    #[arg(long)]
+    daemon_takeover: bool,
     /// Inject disk errors and full disks on secondaries only.
     #[arg(long)]
     no_primary_disk_errors: bool,
@@ -75,6 +79,7 @@ fn options(cli: &Cli) -> VolumeOptions {
         echo: cli.trace,
         secondary_power_suspect: !cli.daemon_secondary_power_loss,
         report_every_commit: !cli.daemon_leg_reports,
+        takeover_repairs_peers: !cli.daemon_takeover,
         primary_disk_errors: !cli.no_primary_disk_errors,
         ..VolumeOptions::default()
     };

@@ -240,7 +240,8 @@ impl World {
                 self.at(heal_after + 500, Ev::Heal(Heal::Control(node)));
             }
             68..=87 => self.disk_fault(node, heal_after),
-            _ => self.operator_promote(node),
+            88..=96 => self.operator_promote(node),
+            _ => self.operator_force(node),
         }
     }
 
@@ -277,6 +278,20 @@ impl World {
             .is_some_and(|since| self.now >= since + FAILOVER_MS);
         let why = format!("operator, leg {}", state.map_or("?", LegState::as_str));
         self.promote(node, false, gone, &why);
+    }
+
+    /// The operator forces `node` primary while the primary is down or cut off: a knowing
+    /// break of the rules (recorded as forced, its losses excused), whatever its leg holds.
+    fn operator_force(&mut self, node: usize) {
+        let Some(primary) = self.control.primary else {
+            return;
+        };
+        let p = (primary - 1) as usize;
+        let gone = !self.nodes[p].up || !self.reachable[p];
+        let stale = self.control.leg(node as u32).map(|l| l.state) != Some(LegState::UpToDate);
+        if p != node && gone && stale && self.nodes[node].up && self.reachable[node] {
+            self.promote(node, true, true, "operator --force");
+        }
     }
 
     fn cut_link(&mut self, a: usize, b: usize, both: bool, heal_after: u64) {

@@ -225,7 +225,9 @@ impl World {
                 }
             }
         }
-        if meta.primary_open {
+        let takeover = meta.last_primary_epoch < known.epoch && !known.takeover_outdated.is_empty();
+        let repair_peers = takeover && self.opts.takeover_repairs_peers;
+        if meta.primary_open || repair_peers {
             for peer in peers.iter().filter(|p| p.state == LegState::UpToDate) {
                 if let Err(error) = core.mark_out_of_sync(peer.leg, &[(0, self.size)]) {
                     self.violate(Rule::Harness, format!("mark_out_of_sync: {error}"));
