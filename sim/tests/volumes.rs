@@ -244,3 +244,15 @@ fn seed_10048_a_restarted_secondary_remembers_its_power_loss() {
         panic!("{failure}");
     }
 }
+
+/// Seed 10331: the operator forced a stale leg primary while the old primary was alive but
+/// cut off; the old primary, alone with no UpToDate peer, kept acknowledging. The operator
+/// made two writers knowingly: the checker excuses those acknowledgements (and counts the
+/// promotion as forced), it does not report a lost write.
+#[test]
+fn seed_10331_a_forced_promotion_excuses_the_deposed_primarys_acknowledgements() {
+    match run_volume_seed(10331, &VolumeOptions::default()) {
+        Ok(report) => assert!(report.forced_promotions > 0),
+        Err(failure) => panic!("{failure}"),
+    }
+}

@@ -615,8 +615,22 @@ impl World {
     }
 
     fn completed(&mut self, node: usize, req_id: u64, ok: bool) {
+        let mut epoch = 0;
         if let Some(primary) = self.nodes[node].primary.as_mut() {
             primary.requests.retain(|&r| r != req_id);
+            epoch = primary.epoch;
+        }
+        // A primary deposed by a forced promotion may still acknowledge (the operator made
+        // two writers knowingly): its acknowledgements promise nothing any more.
+        let deposed = self.control.forced.iter().any(|f| f.epoch > epoch);
+        if ok && deposed {
+            self.log(format!(
+                "n{} acknowledges request {req_id} after a forced promotion: excused",
+                node + 1
+            ));
+            self.history.complete(req_id, false);
+            self.client.outstanding.remove(&req_id);
+            return;
         }
         self.client.outstanding.remove(&req_id);
         let is_write = self.history.is_write(req_id);
