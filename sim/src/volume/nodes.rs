@@ -217,23 +217,7 @@ impl World {
             Ok(core) => core,
             Err(error) => return self.violate(Rule::Harness, format!("Primary::new: {error}")),
         };
-        let meta = self.nodes[node].meta.clone();
-        if meta.last_primary_epoch < known.epoch {
-            for &leg in &known.takeover_outdated {
-                if let Err(error) = core.track_from_now(leg) {
-                    self.violate(Rule::Harness, format!("track_from_now: {error}"));
-                }
-            }
-        }
-        let takeover = meta.last_primary_epoch < known.epoch && !known.takeover_outdated.is_empty();
-        let repair_peers = takeover && self.opts.takeover_repairs_peers;
-        if meta.primary_open || repair_peers {
-            for peer in peers.iter().filter(|p| p.state == LegState::UpToDate) {
-                if let Err(error) = core.mark_out_of_sync(peer.leg, &[(0, self.size)]) {
-                    self.violate(Rule::Harness, format!("mark_out_of_sync: {error}"));
-                }
-            }
-        }
+        self.prepare_primary(node, &mut core, known, &peers);
         let id = self.next_role;
         self.next_role += 1;
         self.nodes[node].meta.primary_open = true;
@@ -263,6 +247,36 @@ impl World {
             );
         }
         self.at(TICK_MS, Ev::Tick { node, role: id });
+    }
+
+    /// What the daemon does before the first request of a new primary (`prepare` and
+    /// `BitmapKeeper::open`): track the legs its takeover outdated from now, and after a
+    /// crash here as primary (or, with the takeover fix, in a takeover epoch) repair the
+    /// whole leg onto the UpToDate peers.
+    fn prepare_primary(
+        &mut self,
+        node: usize,
+        core: &mut Primary,
+        known: &VolumeInfo,
+        peers: &[PeerLeg],
+    ) {
+        let meta = self.nodes[node].meta.clone();
+        if meta.last_primary_epoch < known.epoch {
+            for &leg in &known.takeover_outdated {
+                if let Err(error) = core.track_from_now(leg) {
+                    self.violate(Rule::Harness, format!("track_from_now: {error}"));
+                }
+            }
+        }
+        let takeover = meta.last_primary_epoch < known.epoch && !known.takeover_outdated.is_empty();
+        let repair_peers = takeover && self.opts.takeover_repairs_peers;
+        if meta.primary_open || repair_peers {
+            for peer in peers.iter().filter(|p| p.state == LegState::UpToDate) {
+                if let Err(error) = core.mark_out_of_sync(peer.leg, &[(0, self.size)]) {
+                    self.violate(Rule::Harness, format!("mark_out_of_sync: {error}"));
+                }
+            }
+        }
     }
 
     /// Committed leg states the engine has not been told yet (`report_leg_states`).
