@@ -2,7 +2,8 @@
 //! primaries and secondaries on fake disks with power loss, write errors and full disks.
 //!
 //! ```text
-//! volume-sim --seeds 500 [--start 1] [--jobs 2]   soak: per-seed lines, then a summary
+//! volume-sim --seeds 500 [--start 1] [--jobs 2]   soak: a line per seed (--quiet: failures
+//!                                                 only), then a summary
 //! volume-sim --seed 42 [--trace]                  replay one seed (trace: every event)
 //! ```
 //! Exit status: 0 when every seed passed, 1 when one failed, 2 for bad arguments.
@@ -59,9 +60,9 @@ struct Cli {
     /// Print every event of the replayed seed.
     #[arg(long)]
     trace: bool,
-    /// Print one line per seed in a soak.
+    /// In a soak, print only failures and the summary (not one line per seed).
     #[arg(long)]
-    verbose: bool,
+    quiet: bool,
 }
 
 fn parse_range(text: &str) -> Result<(u64, u64), String> {
@@ -130,7 +131,7 @@ fn soak(cli: &Cli, options: &VolumeOptions, count: u64) -> ExitCode {
                 let mut total = total.lock().unwrap_or_else(|e| e.into_inner());
                 match result {
                     Ok(report) => {
-                        if cli.verbose {
+                        if !cli.quiet {
                             println!("seed {seed}: ok {}", line(&report));
                         }
                         total.0.add(&report);
