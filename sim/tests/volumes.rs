@@ -139,7 +139,9 @@ fn promoting_an_outdated_leg_is_caught_by_the_promotion_rule() {
 
 /// Seed 124 (with the sweep's fault phase) found that a write the primary's own leg failed
 /// but the peer applied left the legs different for good; the primary now resyncs that range
-/// from its leg (core fix in `Primary::local_failed_at`).
+/// from its leg (core fix in `Primary::local_failed_at`, pinned by the core unit test
+/// `a_write_the_local_leg_failed_is_resynced_so_the_legs_converge`; later changes to the
+/// fault mix changed what this seed does, so here it is a plain regression seed).
 #[test]
 fn seed_124_a_write_the_primarys_leg_failed_does_not_leave_the_legs_different() {
     if let Err(failure) = run_volume_seed(124, &sweep_options()) {
@@ -147,13 +149,13 @@ fn seed_124_a_write_the_primarys_leg_failed_does_not_leave_the_legs_different() 
     }
 }
 
-/// Seed 11 found that a primary whose leg promotion was proposed but never committed, and
+/// Seeds 8, 18 and 35 (seed 11 in an earlier revision of the fault mix) found that a primary whose leg promotion was proposed but never committed, and
 /// whose peer then failed, proposes Outdated for a leg already committed Outdated: the
 /// commit changes nothing. The simulator reports every committed leg state to the primary
 /// (`report_every_commit`), and then the seed converges.
 #[test]
-fn seed_11_a_no_change_outdated_commit_releases_the_frozen_primary() {
-    for seed in [11, 18, 38, 87] {
+fn seeds_8_18_35_a_no_change_outdated_commit_releases_the_frozen_primary() {
+    for seed in [8, 18, 35] {
         if let Err(failure) = run_volume_seed(seed, &VolumeOptions::default()) {
             panic!("{failure}");
         }
@@ -166,12 +168,12 @@ fn seed_11_a_no_change_outdated_commit_releases_the_frozen_primary() {
 /// good. Open until the daemon reports every applied `SetLegState` of its volume.
 #[test]
 #[ignore = "daemon bug: report_leg_states reports only changed leg states (docs/reliability.md)"]
-fn seed_11_with_the_daemons_leg_state_reports() {
+fn seeds_8_18_35_with_the_daemons_leg_state_reports() {
     let options = VolumeOptions {
         report_every_commit: false,
         ..VolumeOptions::default()
     };
-    for seed in [11, 18, 38, 87] {
+    for seed in [8, 18, 35] {
         if let Err(failure) = run_volume_seed(seed, &options) {
             panic!("{failure}");
         }
@@ -209,11 +211,14 @@ fn seeds_1143_1156_1184_with_the_daemons_secondary_restart() {
     }
 }
 
-/// Seed 1254 found that with three legs, writes the lost primary sent to one surviving
-/// secondary but not to the other (never acknowledged) leave the two surviving UpToDate legs
-/// different after the takeover, for good. The simulator models the fix (the new primary
-/// resyncs its whole leg to the other UpToDate legs in a takeover epoch,
-/// `takeover_repairs_peers`); with it the seed converges.
+/// Seed 1254 found, in an earlier revision of the fault mix, that with three legs writes the
+/// lost primary sent to one surviving secondary but not to the other (never acknowledged)
+/// leave the two surviving UpToDate legs different after the takeover, for good. The
+/// simulator models the fix (`takeover_repairs_peers`: the new primary resyncs its whole leg
+/// to the other UpToDate legs in a takeover epoch). Today's behaviour is
+/// `takeover_repairs_peers: false` (`--daemon-takeover`); since the fault mix changed, no
+/// seed of a 2,000-seed search reproduces it (docs/reliability.md), so this is a plain
+/// regression seed.
 #[test]
 fn seed_1254_surviving_legs_converge_after_a_takeover() {
     if let Err(failure) = run_volume_seed(1254, &VolumeOptions::default()) {
@@ -221,16 +226,12 @@ fn seed_1254_surviving_legs_converge_after_a_takeover() {
     }
 }
 
-/// Seed 1254 as today's daemon behaves: `volumes.rs`/`repl_primary.rs` start the new
-/// primary's UpToDate peers clean.
+/// Seed 1892 found the checker's own imprecision: a plain write in flight when the new
+/// primary's leg lost power (a copy in its cache vanished) was acknowledged afterwards by the
+/// deposed primary and counted as promised. Such acknowledgements are now excused.
 #[test]
-#[ignore = "daemon/core gap: surviving legs may differ after a takeover (docs/reliability.md)"]
-fn seed_1254_with_the_daemons_takeover() {
-    let options = VolumeOptions {
-        takeover_repairs_peers: false,
-        ..VolumeOptions::default()
-    };
-    if let Err(failure) = run_volume_seed(1254, &options) {
+fn seed_1892_a_write_in_flight_across_the_primarys_power_loss_is_not_promised() {
+    if let Err(failure) = run_volume_seed(1892, &VolumeOptions::default()) {
         panic!("{failure}");
     }
 }

@@ -49,6 +49,10 @@ pub struct Issued {
     pub fua: bool,
     /// For a flush: the floors when it was issued (what it makes durable).
     pub flush_floors: Option<Vec<usize>>,
+    /// A plain write in flight when the volume's leg lost power: a copy may already have
+    /// been in that leg's cache and vanished, so a later acknowledgement (from a deposed
+    /// primary) promises nothing.
+    pub excused: bool,
 }
 
 /// The client's view of the volume.
@@ -59,6 +63,8 @@ pub struct History {
     pub acked_writes: u64,
     pub acked_flushes: u64,
     pub failed: u64,
+    /// Acknowledgements of writes in flight across a power loss of the volume's leg.
+    pub excused: u64,
 }
 
 /// The bytes of block `block` written by write `id`: a header, then a fill.
@@ -100,6 +106,7 @@ impl History {
             acked_writes: 0,
             acked_flushes: 0,
             failed: 0,
+            excused: 0,
         }
     }
 
@@ -125,6 +132,7 @@ impl History {
             blocks,
             fua,
             flush_floors: None,
+            excused: false,
         };
         self.issued.insert(id, issued);
     }
@@ -136,6 +144,7 @@ impl History {
             blocks: Vec::new(),
             fua: false,
             flush_floors: Some(floors),
+            excused: false,
         };
         self.issued.insert(id, issued);
     }
@@ -147,6 +156,10 @@ impl History {
         };
         if !ok {
             self.failed += 1;
+            return;
+        }
+        if issued.excused {
+            self.excused += 1;
             return;
         }
         if let Some(floors) = issued.flush_floors {
@@ -178,6 +191,11 @@ impl History {
     pub fn power_loss(&mut self) {
         for history in &mut self.blocks {
             history.floor = history.durable.min(history.floor);
+        }
+        for issued in self.issued.values_mut() {
+            if issued.flush_floors.is_none() && !issued.fua {
+                issued.excused = true;
+            }
         }
     }
 
