@@ -16,6 +16,8 @@ pub mod agent;
 pub mod apply;
 pub mod codec;
 pub mod command;
+#[cfg(feature = "mutations")]
+pub mod data_mutations;
 pub mod events;
 pub mod group;
 pub mod group_plan;

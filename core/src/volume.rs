@@ -55,6 +55,11 @@ pub struct LegInfo {
     /// Block device, partition or file (created sparse when missing).
     pub path: String,
     pub state: LegState,
+    /// Leg-state changes committed for this leg, those that changed nothing included: the
+    /// primary's engine is told of each, since it may be waiting for exactly that commit
+    /// (an `Outdated` it proposed for a leg that already was).
+    #[serde(default)]
+    pub commits: u64,
 }
 
 /// A promotion that broke the rules on an operator's order, kept in the state for good.
@@ -255,6 +260,7 @@ pub fn new_volume(id: VolumeId, name: &str, size: u64, legs: &[LegSpec]) -> Volu
             } else {
                 LegState::Inconsistent
             },
+            commits: 0,
         })
         .collect();
     VolumeInfo {
@@ -293,7 +299,11 @@ pub fn promote(
             });
         }
     }
-    if leg.state != LegState::UpToDate && !force {
+    #[cfg(feature = "mutations")]
+    let force_rule = force || crate::data_mutations::get().promote_outdated;
+    #[cfg(not(feature = "mutations"))]
+    let force_rule = force;
+    if leg.state != LegState::UpToDate && !force_rule {
         let up_to_date: Vec<String> = volume
             .legs
             .iter()
@@ -381,6 +391,7 @@ pub fn set_leg_state(
         return Err(VolumeError::LastUpToDate { volume: name });
     }
     target.state = state;
+    target.commits += 1;
     Ok(format!(
         "volume {name} leg {leg} is now {} (epoch {epoch})",
         state.as_str()
@@ -451,6 +462,21 @@ mod tests {
             promote(&mut volume, 9, false, false),
             Err(VolumeError::NoLegOnNode { .. })
         ));
+    }
+
+    #[test]
+    fn every_committed_leg_state_is_counted_even_one_that_changes_nothing() {
+        let mut volume = volume();
+        promote(&mut volume, 1, false, false).unwrap();
+        assert_eq!(volume.legs[1].commits, 0);
+        set_leg_state(&mut volume, 1, LegState::Outdated, 1).unwrap();
+        // The primary proposed Outdated again (its earlier UpToDate never committed): the
+        // state stays, the count moves, and the daemon tells the engine (volumes.rs).
+        set_leg_state(&mut volume, 1, LegState::Outdated, 1).unwrap();
+        assert_eq!(volume.legs[1].state, LegState::Outdated);
+        assert_eq!(volume.legs[1].commits, 2);
+        assert!(set_leg_state(&mut volume, 1, LegState::UpToDate, 0).is_err());
+        assert_eq!(volume.legs[1].commits, 2, "a refused change is not counted");
     }
 
     #[test]

@@ -180,6 +180,7 @@ fn add_volume(state: &mut ClusterState, names: &Names, def: &VolumeDef) -> Resul
             nodes,
             path: format!("/dev/leg{index}"),
             state: leg.state,
+            commits: 0,
         });
     }
     let volume = VolumeInfo {
@@ -413,6 +414,7 @@ fn random_volume(state: &mut ClusterState, index: usize, legs: Vec<(u64, u8)>) {
                 nodes,
                 path: "/dev/x".into(),
                 state: states[s as usize % 3],
+                commits: 0,
             }
         })
         .collect();

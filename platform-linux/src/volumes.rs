@@ -35,8 +35,8 @@ struct Hosted {
     epoch: u64,
     task: Option<JoinHandle<()>>,
     inputs: mpsc::Sender<EngineInput>,
-    /// Leg states last reported to the engine.
-    reported: BTreeMap<LegId, LegState>,
+    /// Leg states last reported to the engine, with the leg's commit count then.
+    reported: BTreeMap<LegId, (LegState, u64)>,
     board: SyncBoard,
 }
 
@@ -232,7 +232,11 @@ impl VolumeHost {
             inputs.clone(),
             receiver,
         ));
-        let reported = volume.legs.iter().map(|leg| (leg.id, leg.state)).collect();
+        let reported = volume
+            .legs
+            .iter()
+            .map(|leg| (leg.id, (leg.state, leg.commits)))
+            .collect();
         Ok(Hosted {
             epoch: volume.epoch,
             task: Some(task),
@@ -389,7 +393,8 @@ impl VolumeHost {
 /// Tells a primary's engine about every committed leg state it has not heard yet.
 fn report_leg_states(hosted: &mut Hosted, volume: &VolumeInfo) {
     for leg in &volume.legs {
-        if hosted.reported.get(&leg.id) == Some(&leg.state) {
+        // Also a commit that changed nothing: the engine may wait for exactly that one.
+        if hosted.reported.get(&leg.id) == Some(&(leg.state, leg.commits)) {
             continue;
         }
         let input = EngineInput::LegState {
@@ -398,7 +403,7 @@ fn report_leg_states(hosted: &mut Hosted, volume: &VolumeInfo) {
             epoch: volume.epoch,
         };
         if hosted.inputs.try_send(input).is_ok() {
-            hosted.reported.insert(leg.id, leg.state);
+            hosted.reported.insert(leg.id, (leg.state, leg.commits));
         }
     }
 }

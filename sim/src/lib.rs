@@ -31,6 +31,7 @@ pub mod resources;
 pub mod script;
 pub mod summary;
 pub mod trace;
+pub mod volume;
 pub mod workload;
 pub mod world;
 

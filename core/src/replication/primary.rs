@@ -38,7 +38,7 @@ mod verify;
 pub use resync::MAX_SKIP_RANGES;
 pub use verify::{VerifyStatus, MAX_VERIFY_MISMATCHES};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::secondary::MAX_SECONDARY_OPS;
 use super::wire::{self, Message, MAX_DATA, MAX_VERIFY_LEN, VERIFY_BLOCK};
@@ -369,6 +369,9 @@ pub struct Primary {
     disk: BTreeMap<u64, Purpose>,
     /// Grain-aligned ranges known to be zero locally, sorted, disjoint.
     skip: Vec<(u64, u64)>,
+    /// Requests the local leg failed while peers may apply them: their acks must not
+    /// clear the range from a bitmap (see `local_failed_at`).
+    local_failed: BTreeSet<u64>,
     actions: Vec<PrimaryAction>,
 }
 
@@ -427,6 +430,7 @@ impl Primary {
             client_bytes: 0,
             disk: BTreeMap::new(),
             skip: Vec::new(),
+            local_failed: BTreeSet::new(),
             actions: Vec::new(),
         })
     }
@@ -594,6 +598,9 @@ impl Primary {
     }
 
     fn local_done(&mut self, seq: u64, ok: bool) {
+        if !ok {
+            self.local_failed_at(seq);
+        }
         let Some(request) = self.requests.get_mut(&seq) else {
             return;
         };
@@ -610,24 +617,34 @@ impl Primary {
         request.local = Local::Done;
         if !request.local_ok {
             let text = format!(
-                "the local leg failed client request {} ({:?} {:?}); its range is resynced \
-                 from this leg so the legs stay identical",
+                "the local leg failed client request {} ({:?} {:?})",
                 request.req_id, request.kind, request.range
             );
             self.note(text);
         }
     }
 
-    /// A change the local leg failed may have reached the peers: they could hold what this
-    /// leg does not. Once every peer answered it (an ack clears what it covers), the range is
-    /// marked out of sync for every peer, so it is copied from this leg (what the client may
-    /// read) and the legs stay identical.
-    fn resync_failed_range(&mut self, offset: u64, len: u64) {
+    /// Request `seq` failed on the local leg, but the peers it was sent to may apply it: the
+    /// legs may now differ in its range (simulator seed 124). The range is marked out of sync
+    /// for every peer, so it is resynced from this leg and the legs converge on what this
+    /// leg holds (the client was told the request failed, so either content is allowed);
+    /// acks of the request itself must not clear those bits.
+    fn local_failed_at(&mut self, seq: u64) {
+        let Some((offset, len)) = self.requests.get(&seq).and_then(|r| r.range) else {
+            return;
+        };
+        self.local_failed.insert(seq);
         for peer in &mut self.peers {
-            if peer.oos.mark(offset, len).is_ok() && peer.mode == PeerMode::Sync {
+            let marked = peer.oos.mark(offset, len).is_ok();
+            if marked && matches!(peer.mode, PeerMode::Sync | PeerMode::Promoting) {
                 peer.repairing = true;
             }
         }
+    }
+
+    /// Whether an ack of `seq` may clear its range from a peer's bitmap.
+    pub(super) fn failed_locally(&self, seq: u64) -> bool {
+        self.local_failed.contains(&seq)
     }
 
     /// Runs everything that can run: waiting requests, resync, promotions, completions.
@@ -643,6 +660,12 @@ impl Primary {
             self.maybe_end_repair(index);
         }
         self.complete_ready();
+        if !self.local_failed.is_empty() {
+            let (requests, peers) = (&self.requests, &self.peers);
+            self.local_failed.retain(|seq| {
+                requests.contains_key(seq) || peers.iter().any(|p| p.unacked.contains_key(seq))
+            });
+        }
     }
 
     /// Starts waiting requests whose range no earlier request or resync holds (FIFO among
@@ -794,17 +817,11 @@ impl Primary {
         let ready: Vec<u64> = self
             .requests
             .iter()
-            .filter(|(_, r)| r.local == Local::Done && r.need.is_empty())
+            .filter(|(_, r)| r.local == Local::Done && (r.need.is_empty() || ack_early()))
             .map(|(&seq, _)| seq)
             .collect();
         for seq in ready {
             if let Some(request) = self.requests.remove(&seq) {
-                let failed_change = request
-                    .range
-                    .filter(|_| !request.local_ok && request.kind != ReqKind::Flush);
-                if let Some((offset, len)) = failed_change {
-                    self.resync_failed_range(offset, len);
-                }
                 self.client_bytes = self.client_bytes.saturating_sub(request.data.len() as u64);
                 self.actions.push(PrimaryAction::Complete {
                     req_id: request.req_id,
@@ -865,6 +882,17 @@ impl Primary {
         self.actions
             .push(PrimaryAction::Note(format!("volume {volume}: {text}")));
     }
+}
+
+/// The `ack_before_peer` mutation: complete requests without waiting for peers.
+#[cfg(feature = "mutations")]
+fn ack_early() -> bool {
+    crate::data_mutations::get().ack_before_peer
+}
+
+#[cfg(not(feature = "mutations"))]
+fn ack_early() -> bool {
+    false
 }
 
 /// A read reported through `disk_done`: failed (`ok: false`) is fine, "done" is the shim's

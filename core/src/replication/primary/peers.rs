@@ -314,7 +314,9 @@ impl Primary {
             return;
         }
         let peer = &self.peers[index];
-        if peer.mode == PeerMode::Behind || (peer.mode == PeerMode::Sync && peer.repairing) {
+        let clears =
+            peer.mode == PeerMode::Behind || (peer.mode == PeerMode::Sync && peer.repairing);
+        if clears && !self.failed_locally(seq) {
             self.clear_synced(index, sent.range);
         }
         let peer = &mut self.peers[index];

@@ -610,6 +610,23 @@ fn a_local_disk_error_fails_the_client_request() {
     h.assert_identical();
 }
 
+/// The peer applied a write the local leg then failed: the range is resynced from the local
+/// leg, so the legs converge (found by the simulator, `sim/tests/volumes.rs` seed 124).
+#[test]
+fn a_write_the_local_leg_failed_is_resynced_so_the_legs_converge() {
+    let mut h = Harness::new(&[UP]);
+    h.connect_all();
+    h.settle();
+    let req = h.write(0, 8192, false);
+    h.deliver_all();
+    h.complete_secondary(0, 0, true);
+    h.deliver_all();
+    h.complete_primary(0, false);
+    h.settle();
+    assert_eq!(h.completed.get(&req), Some(&false));
+    h.assert_identical();
+}
+
 #[test]
 fn a_peer_disk_error_outdates_the_peer() {
     let mut h = Harness::new(&[UP]);
