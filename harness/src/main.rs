@@ -132,17 +132,25 @@ fn run(file: &Path, seeds: std::ops::Range<u64>, trace: bool, quiet: bool) -> Ex
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {
+    each_scenario(files, |file, scenario| {
+        println!(
+            "{}: ok ({}, {} steps, {} expectations, {})",
+            file.display(),
+            scenario.name,
+            scenario.steps.len(),
+            scenario.expects.len(),
+            fmt_ms(scenario.duration_ms)
+        )
+    })
+}
+
+/// Loads each file and hands it to `show`; a file that does not load is reported, and the
+/// exit code is then 2.
+fn each_scenario(files: &[PathBuf], show: impl Fn(&Path, &Scenario)) -> ExitCode {
     let mut bad = false;
     for file in files {
         match scenario::load(file) {
-            Ok(scenario) => println!(
-                "{}: ok ({}, {} steps, {} expectations, {})",
-                file.display(),
-                scenario.name,
-                scenario.steps.len(),
-                scenario.expects.len(),
-                fmt_ms(scenario.duration_ms)
-            ),
+            Ok(scenario) => show(file, &scenario),
             Err(error) => {
                 eprintln!("error: {error}");
                 bad = true;
@@ -174,21 +182,7 @@ fn list(dir: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut bad = false;
-    for file in files {
-        match scenario::load(&file) {
-            Ok(scenario) => print_entry(&file, &scenario),
-            Err(error) => {
-                eprintln!("error: {error}");
-                bad = true;
-            }
-        }
-    }
-    if bad {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    }
+    each_scenario(&files, print_entry)
 }
 
 fn print_entry(file: &Path, scenario: &Scenario) {

@@ -14,8 +14,7 @@
 //! daemons' logs.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tandem_linux::host_cleanup;
 
-use crate::lab_cluster::{count_in, http_call, LabCluster};
+use crate::lab_cluster::{count_in, http_call, http_within, LabCluster};
 use crate::{require_root_and_fuse, run_program, text};
 
 /// How long a killed daemon may take to be reaped before its FUSE connections are aborted.
@@ -311,25 +310,8 @@ impl Rig {
         path: &str,
     ) -> Option<(u16, String)> {
         let request = format!("{method} {path} HTTP/1.0\r\n\r\n");
-        self.cluster
-            .lab
-            .in_netns("w", move || -> std::io::Result<(u16, String)> {
-                let mut stream =
-                    TcpStream::connect_timeout(&target.into(), Duration::from_secs(1))?;
-                stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-                stream.write_all(request.as_bytes())?;
-                let mut answer = String::new();
-                stream.read_to_string(&mut answer)?;
-                let code = answer
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|code| code.parse().ok())
-                    .ok_or_else(|| std::io::Error::other("not an HTTP answer"))?;
-                let body = answer.split_once("\r\n\r\n").map(|(_, body)| body);
-                Ok((code, body.unwrap_or_default().trim_end().to_string()))
-            })
-            .ok()?
-            .ok()
+        let limits = (Duration::from_secs(1), Duration::from_secs(3));
+        http_within(&self.cluster.lab, "w", target, &request, limits).ok()
     }
 
     /// `POST /increment` `times` times from the witness; every acknowledged count, in order.

@@ -123,17 +123,30 @@ pub fn ping(lab: &Lab, from: &str, to: &str) -> bool {
     }
 }
 
-/// One HTTP/1.0 exchange from inside `from`: the raw request out, `(status, body)` back.
+/// One HTTP/1.0 exchange from inside `from`: the raw request out, `(status, body)` back
+/// (2 s to connect, 10 s for the answer).
 pub fn http(
     lab: &Lab,
     from: &str,
     target: SocketAddrV4,
     request: &str,
 ) -> io::Result<(u16, String)> {
+    let limits = (Duration::from_secs(2), Duration::from_secs(10));
+    http_within(lab, from, target, request, limits)
+}
+
+/// [`http`] with `(connect, answer)` time limits.
+pub fn http_within(
+    lab: &Lab,
+    from: &str,
+    target: SocketAddrV4,
+    request: &str,
+    (connect, answer_limit): (Duration, Duration),
+) -> io::Result<(u16, String)> {
     let request = request.to_string();
     lab.in_netns(from, move || {
-        let mut stream = TcpStream::connect_timeout(&target.into(), Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut stream = TcpStream::connect_timeout(&target.into(), connect)?;
+        stream.set_read_timeout(Some(answer_limit))?;
         stream.write_all(request.as_bytes())?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer)?;
