@@ -557,6 +557,23 @@ fn a_frozen_active_daemon_is_fenced_by_its_watchdog_before_b_takes_over() {
     assert!(rig.has_address("b", app.vip), "the VIP is not on b");
 }
 
+/// The kernel keeps a virtual IP when only the daemon dies. Its watchdog sees the pipe close
+/// without a goodbye and removes the group's VIP, so the dead node does not answer for it
+/// while the survivor takes over.
+#[test]
+fn a_crashed_daemons_watchdog_removes_its_virtual_ip() {
+    let rig = Rig::form("focrash");
+    let app = counter_app(&rig);
+    assert!(rig.has_address("a", app.vip), "the VIP is on a");
+    let daemon_a = rig.cluster.pid("a").expect("a's daemon runs") as i32;
+    kill_9(daemon_a);
+    wait_for(
+        "the watchdog to remove the VIP from a",
+        Duration::from_secs(10),
+        || (!rig.has_address("a", app.vip)).then_some(()),
+    );
+}
+
 fn assert_switchover(events: &[Ev], group: &str, from: &str, to: &str) {
     let stopped = find(events, from, group, "stopped");
     let demoted = find(events, from, group, "demoted");
