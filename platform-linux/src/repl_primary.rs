@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use tandem_core::command::{SyncStatus, VerifyReport};
 use tandem_core::legmeta::{ActivityLog, AlDecision, Expectation};
-use tandem_core::replication::{LinkState, PeerMode, Primary, PrimaryAction, VerifyStatus};
+use tandem_core::replication::{
+    LinkState, PeerMode, Primary, PrimaryAction, Suspect, VerifyStatus,
+};
 use tandem_core::volume::{LegId, LegState, VolumeChange, VolumeId};
 use tandem_core::{ClusterId, NodeId, StateChange};
 use tokio::io::AsyncWriteExt;
@@ -208,6 +210,8 @@ pub struct PrimarySetup {
     pub images: std::path::PathBuf,
     pub name: String,
     pub leg_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What this node's secondary sessions left unconfirmed: resynced to every UpToDate peer.
+    pub carried: crate::repl_secondary::Carried,
 }
 
 /// A channel to a primary's engine, made before the engine runs.
@@ -722,18 +726,31 @@ fn prepare(
         }
     }
     let keeper = BitmapKeeper::open(store, &peers, &mut primary, &setup.name)?;
+    let unconfirmed = match crate::repl_secondary::take_carried(&setup.carried) {
+        Suspect::Everything => vec![(0, setup.size)],
+        Suspect::Ranges(ranges) => ranges,
+    };
+    if !unconfirmed.is_empty() {
+        // Writes this leg applied as a secondary that the old primary never confirmed: the
+        // other surviving legs may lack them (or have them while this leg does not).
+        let what = "ranges applied unconfirmed under the old primary";
+        resync_to_up_to_date_peers(&mut primary, &peers, &unconfirmed, &setup.name, what)?;
+    }
     Ok((leg, primary, keeper))
 }
 
-/// After a crash as primary, the local leg may hold writes no peer got, but only inside the
-/// activity log's hot extents. Those ranges are resynced to every UpToDate peer from this leg
-/// (the peer stays UpToDate: it has every acknowledged write); peers that were behind get a
-/// full resync, since their bitmaps on disk are not trusted after a crash.
-fn resync_hot_extents(
+/// Ranges where this leg may hold writes an UpToDate peer lacks (or lack writes it has) are
+/// resynced to every UpToDate peer from this leg; the peer stays UpToDate (it has every
+/// acknowledged write). Two sources, named by `what`: after a crash as primary, the activity
+/// log's hot extents (peers that were behind get a full resync, since their bitmaps on disk
+/// are not trusted after a crash); after serving as a secondary, what the old primary never
+/// confirmed (`repl_secondary::Carried`).
+fn resync_to_up_to_date_peers(
     primary: &mut Primary,
     peers: &[(LegId, NodeId)],
     hot: &[(u64, u64)],
     name: &str,
+    what: &str,
 ) -> Result<(), String> {
     let hot_bytes: u64 = hot.iter().map(|&(_, len)| len).sum();
     for &(leg, _) in peers {
@@ -741,9 +758,7 @@ fn resync_hot_extents(
             .peer_status(leg)
             .is_some_and(|peer| peer.committed == LegState::UpToDate);
         if up_to_date && !hot.is_empty() {
-            tracing::warn!(
-                "volume {name}: resyncing {hot_bytes} bytes of hot extents to leg {leg}"
-            );
+            tracing::warn!("volume {name}: resyncing {hot_bytes} bytes of {what} to leg {leg}");
             primary
                 .mark_out_of_sync(leg, hot)
                 .map_err(|e| e.to_string())?;
@@ -773,7 +788,8 @@ impl BitmapKeeper {
         let recovered = store.read_activity_log().map_err(|e| e.to_string())?;
         if crashed {
             tracing::warn!("volume {name}: the last primary run here did not stop cleanly");
-            resync_hot_extents(primary, peers, &recovered.resync_ranges(), name)?;
+            let hot = recovered.resync_ranges();
+            resync_to_up_to_date_peers(primary, peers, &hot, name, "hot extents")?;
         }
         let activity = ActivityLog::resume(&recovered);
         let mut slots = Vec::new();
