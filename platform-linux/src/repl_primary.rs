@@ -340,10 +340,16 @@ async fn run_engine(
     loop {
         tokio::select! {
             input = inputs.recv() => match input {
-                Some(input) => engine.on_input(input),
+                Some(input) => {
+                    engine.primary.set_time(engine.now());
+                    engine.on_input(input)
+                }
                 None => break,
             },
-            Some(done) = disk_done.recv() => engine.disk_completed(done),
+            Some(done) = disk_done.recv() => {
+                engine.primary.set_time(engine.now());
+                engine.disk_completed(done)
+            }
             _ = ticker.tick() => {
                 let now = engine.now();
                 engine.primary.tick(now);

@@ -31,6 +31,7 @@
 //! crash-suspect ranges a returning ex-primary reports in its `HelloAck` (`peers`), which
 //! together with [`Primary::track_from_now`] keep the resync after a takeover small.
 
+mod pace;
 mod peers;
 mod resync;
 mod unflushed;
@@ -73,8 +74,11 @@ pub struct Tuning {
     pub resync_window_busy: usize,
     /// Hard maximum of resync bytes per second per peer (`u64::MAX`: unlimited).
     pub resync_max_rate: u64,
-    /// Resync bytes per second per peer while client requests are in flight.
-    pub resync_busy_rate: u64,
+    /// The floor of the resync pace: however busy the foreground, at least this many bytes
+    /// per second per peer (the pace itself adapts to the foreground, see `pace`).
+    pub resync_min_rate: u64,
+    /// How often the resync pace decides, from the client writes' mean latency.
+    pub resync_control_ms: u64,
     /// A peer that leaves a message unacked this long is dropped (and outdated if needed).
     pub ack_timeout_ms: u64,
     /// A link silent this long gets a `Ping` (the secondary answers at once, disk or not).
@@ -116,7 +120,8 @@ impl Default for Tuning {
             resync_window: 16,
             resync_window_busy: 2,
             resync_max_rate: 1 << 30,
-            resync_busy_rate: 100 << 20,
+            resync_min_rate: 8 << 20,
+            resync_control_ms: 200,
             ack_timeout_ms: 10_000,
             ping_interval_ms: 500,
             ping_timeout_ms: 3_000,
@@ -159,8 +164,11 @@ impl Tuning {
         if self.peer_flush_interval_ms == 0 {
             return bad("peer_flush_interval_ms must be above zero");
         }
-        if self.resync_max_rate == 0 || self.resync_busy_rate == 0 {
+        if self.resync_max_rate == 0 || self.resync_min_rate == 0 {
             return bad("resync rates must be above zero");
+        }
+        if self.resync_control_ms == 0 {
+            return bad("resync_control_ms must be above zero");
         }
         let chunk = self.verify_chunk;
         if chunk == 0 || !chunk.is_multiple_of(VERIFY_BLOCK) || chunk > MAX_VERIFY_LEN {
@@ -283,6 +291,8 @@ struct Request {
     /// A write's data, kept until every peer that must have it was sent it.
     data: Vec<u8>,
     fua: bool,
+    /// When it arrived (its latency feeds the resync pace).
+    arrived: u64,
     local: Local,
     local_ok: bool,
     /// Peers whose ack (or committed `Outdated`) the completion waits for.
@@ -395,6 +405,8 @@ pub struct Primary {
     tuning: Tuning,
     now: u64,
     rate_at: u64,
+    /// The resync rate controller.
+    pace: pace::ResyncPace,
     next_seq: u64,
     next_disk_id: u64,
     peers: Vec<Peer>,
@@ -458,6 +470,7 @@ impl Primary {
             tuning: Tuning::default(),
             now: 0,
             rate_at: 0,
+            pace: pace_for(&Tuning::default()),
             next_seq: 1,
             next_disk_id: 1,
             peers: built,
@@ -473,6 +486,7 @@ impl Primary {
     /// Replaces the default [`Tuning`].
     pub fn with_tuning(mut self, tuning: Tuning) -> Result<Primary, ReplError> {
         tuning.check(self.grain)?;
+        self.pace = pace_for(&tuning);
         self.tuning = tuning;
         for peer in &mut self.peers {
             peer.tokens = self.tuning.resync_chunk as i64;
@@ -598,6 +612,7 @@ impl Primary {
             range,
             data,
             fua,
+            arrived: self.now,
             local: Local::Waiting,
             local_ok: true,
             need: Vec::new(),
@@ -895,6 +910,10 @@ impl Primary {
         for seq in ready {
             if let Some(request) = self.requests.remove(&seq) {
                 self.client_bytes = self.client_bytes.saturating_sub(request.data.len() as u64);
+                if request.range.is_some() {
+                    let latency = self.now.saturating_sub(request.arrived);
+                    self.pace.write_completed(latency);
+                }
                 self.actions.push(PrimaryAction::Complete {
                     req_id: request.req_id,
                     ok: request.local_ok,
@@ -903,11 +922,18 @@ impl Primary {
         }
     }
 
-    /// `now` moved on: refill the resync budgets.
+    /// The shim's clock, given with any input that carries no time of its own (disk
+    /// completions, peer frames), so that request latencies are measured (resync pace).
+    pub fn set_time(&mut self, now: u64) {
+        self.advance(now);
+    }
+
+    /// `now` moved on: the resync pace decides, and the resync budgets refill.
     fn advance(&mut self, now: u64) {
         if now > self.now {
             self.now = now;
         }
+        self.pace.tick(self.now);
         self.refill();
     }
 
@@ -967,6 +993,14 @@ impl Primary {
         self.actions
             .push(PrimaryAction::Note(format!("volume {volume}: {text}")));
     }
+}
+
+fn pace_for(tuning: &Tuning) -> pace::ResyncPace {
+    pace::ResyncPace::new(
+        tuning.resync_min_rate,
+        tuning.resync_max_rate,
+        tuning.resync_control_ms,
+    )
 }
 
 /// The `ack_before_peer` mutation: complete requests without waiting for peers.

@@ -526,6 +526,7 @@ impl World {
         if primary.id != role || primary.links.get(&leg) != Some(&id) {
             return;
         }
+        primary.core.set_time(self.now);
         let result = primary.core.peer_message(leg, &bytes);
         self.note_error(p, result.err());
         self.primary_actions(p);
@@ -771,6 +772,7 @@ impl World {
         ));
         let n = &mut self.nodes[node];
         if let Some(primary) = n.primary.as_mut().filter(|p| p.id == pending.role) {
+            primary.core.set_time(self.now);
             let result = match data {
                 Some(data) => primary.core.disk_read_done(id, data),
                 None => primary.core.disk_done(id, ok),

@@ -12,14 +12,15 @@
 //!
 //! The pace: at most [`Tuning::resync_window`] chunks in flight per peer, only
 //! [`Tuning::resync_window_busy`] while client requests are in flight, and a token bucket
-//! refilled from `now` at [`Tuning::resync_max_rate`] (or [`Tuning::resync_busy_rate`] under
-//! client load) bytes per second.
+//! refilled from `now` at the rate the `pace` controller sets from the client writes'
+//! latency: up to [`Tuning::resync_max_rate`] (the hard maximum) when the foreground is idle
+//! or unhurt, down to [`Tuning::resync_min_rate`] when the resync slows it.
 //!
 //! [`Tuning::resync_chunk`]: super::Tuning::resync_chunk
 //! [`Tuning::resync_window`]: super::Tuning::resync_window
 //! [`Tuning::resync_window_busy`]: super::Tuning::resync_window_busy
 //! [`Tuning::resync_max_rate`]: super::Tuning::resync_max_rate
-//! [`Tuning::resync_busy_rate`]: super::Tuning::resync_busy_rate
+//! [`Tuning::resync_min_rate`]: super::Tuning::resync_min_rate
 
 use super::{Effect, LinkState, PeerMode, Primary, Purpose, ResyncOp};
 use crate::replication::wire::{self, Message};
@@ -116,15 +117,15 @@ impl Primary {
         self.skip.get(index).map(|&(start, _)| start)
     }
 
-    /// The resync rate in force (bytes per second).
+    /// The resync rate the pace allows now (bytes per second per peer), within the hard
+    /// maximum; shown in status.
+    pub fn resync_pace(&self) -> u64 {
+        self.rate_now()
+    }
+
+    /// The resync rate in force (bytes per second): the pace's, within the hard maximum.
     fn rate_now(&self) -> u64 {
-        if self.requests.is_empty() {
-            self.tuning.resync_max_rate
-        } else {
-            self.tuning
-                .resync_max_rate
-                .min(self.tuning.resync_busy_rate)
-        }
+        self.pace.rate().min(self.tuning.resync_max_rate)
     }
 
     /// Adds the budget earned since the last refill to every peer's bucket.

@@ -204,7 +204,7 @@ pub fn test_tuning() -> Tuning {
         resync_window: 4,
         resync_window_busy: 1,
         resync_max_rate: u64::MAX,
-        resync_busy_rate: u64::MAX,
+        resync_min_rate: u64::MAX,
         ack_timeout_ms: 1_000,
         hello_timeout_ms: 1_000,
         repropose_ms: 500,

@@ -867,3 +867,46 @@ fn an_idle_link_that_answers_its_pings_stays_up() {
     assert_eq!(h.primary.peer_status(1).expect("s").link, LinkState::Up);
     assert_eq!(h.primary.peer_status(1).expect("s").mode, PeerMode::Sync);
 }
+
+#[test]
+fn the_resync_pace_falls_while_client_writes_slow_down_and_recovers_when_idle() {
+    let tuning = Tuning {
+        resync_max_rate: 64 << 20,
+        resync_min_rate: 1 << 20,
+        resync_control_ms: 100,
+        ..test_tuning()
+    };
+    let mut h = Harness::with_tuning(&[UP], tuning);
+    h.connect_all();
+    h.settle();
+    for _ in 0..10 {
+        h.tick(100);
+    }
+    assert_eq!(h.primary.resync_pace(), 64 << 20, "idle: the hard maximum");
+    // Writes that complete at once set the base.
+    for _ in 0..3 {
+        for i in 0..4 {
+            h.write(i * GRAIN, GRAIN, false);
+        }
+        h.settle();
+        h.tick(100);
+    }
+    assert_eq!(h.primary.resync_pace(), 64 << 20, "no contention");
+    // Now every write takes 30 ms: the pace backs off to its floor.
+    for _ in 0..20 {
+        let req = h.write(0, GRAIN, false);
+        h.tick(30);
+        h.settle();
+        assert!(h.is_completed(req));
+        h.tick(70);
+    }
+    assert_eq!(h.primary.resync_pace(), 1 << 20, "contention: the floor");
+    for _ in 0..7 {
+        h.tick(100);
+    }
+    assert_eq!(
+        h.primary.resync_pace(),
+        64 << 20,
+        "idle again: doubling back up"
+    );
+}
