@@ -1,11 +1,11 @@
 //! What the volume commands mean: operator words (names) to committed changes (ids), and the
 //! volume status model. Kept apart from `node.rs` so the Raft node stays about Raft.
 
-use crate::command::{Command, LegRequest, LegStatus, Reply, VolumeStatus};
+use crate::command::{Command, LegRequest, LegStatus, NodeReach, Reply, VolumeStatus};
 use crate::ids::NodeId;
 use crate::node::Plan;
 use crate::state::{ClusterState, StateChange};
-use crate::volume::{LegSpec, VolumeChange, VolumeInfo};
+use crate::volume::{LegSpec, LegState, VolumeChange, VolumeInfo};
 
 /// The plan for a volume command, or `None` when `command` is not about volumes. `gone(node)`
 /// says whether a node is offline and its lease has lapsed, as this node sees it.
@@ -175,5 +175,28 @@ pub fn status(state: &ClusterState, volume: &VolumeInfo) -> VolumeStatus {
                 )
             })
             .collect(),
+        reach: reach(volume, name_of),
     }
+}
+
+/// Which legs each node of `volume` reaches, and which one it writes itself as primary.
+fn reach(volume: &VolumeInfo, name_of: impl Fn(NodeId) -> String) -> Vec<NodeReach> {
+    let mut nodes: Vec<NodeId> = volume
+        .legs
+        .iter()
+        .flat_map(|leg| leg.nodes.iter().copied())
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
+        .into_iter()
+        .map(|node| NodeReach {
+            node: name_of(node),
+            legs: volume.legs_of(node).map(|leg| leg.id).collect(),
+            writes: volume
+                .own_leg(node)
+                .filter(|leg| leg.state == LegState::UpToDate)
+                .map(|leg| leg.id),
+        })
+        .collect()
 }

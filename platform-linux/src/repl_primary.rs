@@ -25,9 +25,9 @@ use tokio::task::JoinSet;
 use crate::disk_ring::{DiskDone, DiskRing, RingReader};
 use crate::fuse_export::FuseExport;
 use crate::leg::Leg;
-use crate::meta_store::MetaStore;
+use crate::meta_store::{clip_ranges, MetaLocation, MetaStore};
 use crate::nbd_serve::NbdFrontend;
-use crate::repl_secondary::read_frames;
+use crate::repl_secondary::{self, read_frames, SessionSpec};
 use crate::transport::{self, PeerAddress};
 use crate::volume_io::VolumeIo;
 
@@ -199,9 +199,11 @@ pub struct PrimarySetup {
     /// Legs this epoch's takeover outdated (see `VolumeInfo::takeover_outdated`).
     pub takeover_legs: Vec<LegId>,
     pub leg_path: std::path::PathBuf,
-    pub meta_path: std::path::PathBuf,
+    pub meta: MetaLocation,
     pub size: u64,
     pub peers: Vec<PeerTarget>,
+    /// Other legs this node reaches (a dual array), each written by a secondary engine here.
+    pub local_peers: Vec<SessionSpec>,
     pub context: EngineContext,
     pub socket: std::path::PathBuf,
     /// Where the FUSE images are mounted (`<state-dir>/images`).
@@ -236,7 +238,11 @@ pub async fn run_primary(
     };
     let mut dialers = JoinSet::new();
     let context = &setup.context;
-    let peer_legs: Vec<LegId> = setup.peers.iter().map(|peer| peer.leg).collect();
+    let mut peer_legs: Vec<LegId> = setup.peers.iter().map(|peer| peer.leg).collect();
+    peer_legs.extend(setup.local_peers.iter().map(|spec| spec.leg));
+    for spec in setup.local_peers {
+        dialers.spawn(link_local(spec, inputs.clone()));
+    }
     for peer in setup.peers {
         let identity = (context.cluster, context.me, context.volume);
         dialers.spawn(dial_peer(
@@ -705,7 +711,7 @@ fn prepare(
         volume: context.volume,
         leg: setup.my_leg,
     };
-    let store = MetaStore::open(&setup.meta_path, expect, setup.size).map_err(|e| e.to_string())?;
+    let store = MetaStore::open(&setup.meta, expect, setup.size).map_err(|e| e.to_string())?;
     let leg = Arc::new(Leg::open(&setup.leg_path, setup.size).map_err(|e| e.to_string())?);
     let holes = leg.holes(tandem_core::replication::MAX_SKIP_RANGES);
     if let Err(error) = primary.set_skip_ranges(&holes) {
@@ -721,18 +727,20 @@ fn prepare(
             primary.track_from_now(leg).map_err(|e| e.to_string())?;
         }
     }
-    let keeper = BitmapKeeper::open(store, &peers, &mut primary, &setup.name)?;
+    let keeper = BitmapKeeper::open(store, &peers, &mut primary, setup)?;
     Ok((leg, primary, keeper))
 }
 
 /// After a crash as primary, the local leg may hold writes no peer got, but only inside the
 /// activity log's hot extents. Those ranges are resynced to every UpToDate peer from this leg
 /// (the peer stays UpToDate: it has every acknowledged write); peers that were behind get a
-/// full resync, since their bitmaps on disk are not trusted after a crash.
+/// full resync, since their bitmaps on disk are not trusted after a crash. A leg this epoch's
+/// takeover outdated is tracked from now, so it gets the hot extents too: with a shared leg
+/// taken over (a dual array), the crashed primary may have written them to it unacknowledged.
 fn resync_hot_extents(
     primary: &mut Primary,
     peers: &[(LegId, NodeId)],
-    hot: &[(u64, u64)],
+    (hot, takeover): (&[(u64, u64)], &[LegId]),
     name: &str,
 ) -> Result<(), String> {
     let hot_bytes: u64 = hot.iter().map(|&(_, len)| len).sum();
@@ -740,7 +748,7 @@ fn resync_hot_extents(
         let up_to_date = primary
             .peer_status(leg)
             .is_some_and(|peer| peer.committed == LegState::UpToDate);
-        if up_to_date && !hot.is_empty() {
+        if (up_to_date || takeover.contains(&leg)) && !hot.is_empty() {
             tracing::warn!(
                 "volume {name}: resyncing {hot_bytes} bytes of hot extents to leg {leg}"
             );
@@ -767,13 +775,16 @@ impl BitmapKeeper {
         mut store: MetaStore,
         peers: &[(LegId, NodeId)],
         primary: &mut Primary,
-        name: &str,
+        setup: &PrimarySetup,
     ) -> Result<BitmapKeeper, String> {
+        let name = &setup.name;
         let crashed = store.superblock().primary_open;
         let recovered = store.read_activity_log().map_err(|e| e.to_string())?;
         if crashed {
-            tracing::warn!("volume {name}: the last primary run here did not stop cleanly");
-            resync_hot_extents(primary, peers, &recovered.resync_ranges(), name)?;
+            tracing::warn!("volume {name}: the last primary run on this leg did not stop cleanly");
+            let hot = clip_ranges(&recovered.resync_ranges(), setup.size);
+            let takeover = &setup.takeover_legs;
+            resync_hot_extents(primary, peers, (&hot, takeover), name)?;
         }
         let activity = ActivityLog::resume(&recovered);
         let mut slots = Vec::new();
@@ -951,6 +962,31 @@ async fn dial_peer(
         }
         let _ = engine.send(EngineInput::PeerDown { leg, generation }).await;
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Buffer of the in-memory link to a local leg (frames larger than this are carried in parts).
+const LOCAL_LINK_BUFFER: usize = 4 << 20;
+
+/// Keeps the link to another leg this node reaches (a dual array): a secondary engine on that
+/// leg, in this daemon, fed the very frames a remote leg gets over TLS through an in-memory
+/// stream. So a local leg follows the rules of a remote one: a write is acknowledged when it
+/// has it, a failed leg is frozen and committed Outdated, then resynced; verify compares it.
+async fn link_local(spec: SessionSpec, engine: mpsc::Sender<EngineInput>) {
+    let leg = spec.leg;
+    let mut backoff = Duration::from_millis(100);
+    for generation in 1.. {
+        let (ours, theirs) = tokio::io::duplex(LOCAL_LINK_BUFFER);
+        let secondary = repl_secondary::run(spec.clone(), Box::new(theirs));
+        let name = format!("this node ({})", spec.leg_path.display());
+        let carried = carry_link(leg, generation, Box::new(ours), &engine, &name);
+        let ((), alive) = tokio::join!(secondary, carried);
+        if !alive {
+            return;
+        }
+        let _ = engine.send(EngineInput::PeerDown { leg, generation }).await;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

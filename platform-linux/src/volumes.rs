@@ -19,7 +19,7 @@ use tandem_core::{ClusterId, ClusterState, NodeId, StateChange};
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
-use crate::meta_store::MetaStore;
+use crate::meta_store::{MetaLocation, MetaStore};
 use crate::repl_primary::{self, EngineContext, EngineInput, PeerTarget, PrimarySetup, SyncBoard};
 use crate::repl_secondary::{self, SessionSpec};
 use crate::transport::{ByteStream, PeerAddress};
@@ -33,6 +33,8 @@ const BITMAP_GRAIN: u64 = 4096;
 /// A volume this node is primary of.
 struct Hosted {
     epoch: u64,
+    /// The leg the engine writes itself (the others it reaches are written as peers).
+    my_leg: LegId,
     task: Option<JoinHandle<()>>,
     inputs: mpsc::Sender<EngineInput>,
     /// Leg states last reported to the engine, with the leg's commit count then.
@@ -65,11 +67,12 @@ pub struct VolumeHost {
     hosted: BTreeMap<VolumeId, Hosted>,
     sessions: BTreeMap<VolumeId, JoinHandle<()>>,
     epochs: BTreeMap<VolumeId, watch::Sender<u64>>,
-    leg_locks: BTreeMap<VolumeId, Arc<Mutex<()>>>,
+    /// One lock per leg: a dual-array primary writes two legs of one volume at once.
+    leg_locks: BTreeMap<(VolumeId, LegId), Arc<Mutex<()>>>,
     /// Demoted primaries still draining (they hold their leg lock until done).
     draining: Vec<JoinHandle<()>>,
-    /// (volume, epoch) whose crash mark on this node's leg was checked since it is UpToDate.
-    marks_checked: std::collections::BTreeSet<(VolumeId, u64)>,
+    /// (volume, epoch, leg) whose crash mark on a leg here was checked since it is UpToDate.
+    marks_checked: std::collections::BTreeSet<(VolumeId, u64, LegId)>,
 }
 
 impl Drop for VolumeHost {
@@ -98,8 +101,8 @@ impl VolumeHost {
         state_dir.join(format!("nbd-{name}.sock"))
     }
 
-    fn leg_lock(&mut self, volume: VolumeId) -> Arc<Mutex<()>> {
-        self.leg_locks.entry(volume).or_default().clone()
+    fn leg_lock(&mut self, volume: VolumeId, leg: LegId) -> Arc<Mutex<()>> {
+        self.leg_locks.entry((volume, leg)).or_default().clone()
     }
 
     /// Starts, stops and informs primaries and secondaries to match `state`.
@@ -162,10 +165,23 @@ impl VolumeHost {
         volume: &VolumeInfo,
     ) -> Result<Hosted, String> {
         let me = self.context.me;
-        let my_leg = volume.leg_of(me).ok_or("this node reaches no leg of it")?;
+        let own = volume.own_leg(me).ok_or("this node reaches no leg of it")?;
+        let my_leg = own.id;
         let mut peers = Vec::new();
         let mut targets = Vec::new();
-        for leg in volume.legs.iter().filter(|leg| leg.id != my_leg.id) {
+        let mut local = Vec::new();
+        for leg in volume.legs.iter().filter(|leg| leg.id != my_leg) {
+            if leg.nodes.contains(&me) {
+                // Another leg this node reaches (a dual array): written by a secondary engine
+                // in this daemon, over an in-memory link.
+                peers.push(PeerLeg {
+                    leg: leg.id,
+                    node: me,
+                    state: leg.state,
+                });
+                local.push(self.session_spec(volume, leg, "this node (local leg)")?);
+                continue;
+            }
             let Some(node) = leg.nodes.iter().copied().find(|&node| node != me) else {
                 continue;
             };
@@ -195,7 +211,7 @@ impl VolumeHost {
         };
         let primary = Primary::new(
             ident,
-            my_leg.id,
+            my_leg,
             volume.size,
             volume.epoch,
             peers,
@@ -213,17 +229,18 @@ impl VolumeHost {
             lease: self.context.lease.clone(),
         };
         let setup = PrimarySetup {
-            my_leg: my_leg.id,
+            my_leg,
             takeover_legs: volume.takeover_outdated.clone(),
-            leg_path: PathBuf::from(&my_leg.path),
-            meta_path: MetaStore::path_for(&self.context.state_dir, volume.id, my_leg.id),
+            leg_path: PathBuf::from(&own.path),
+            meta: MetaLocation::for_leg(&self.context.state_dir, volume.id, own),
             size: volume.size,
             peers: targets,
+            local_peers: local,
             context,
             socket: Self::socket_path(&self.context.state_dir, &volume.name),
             images: self.context.state_dir.join("images"),
             name: volume.name.clone(),
-            leg_lock: self.leg_lock(volume.id),
+            leg_lock: self.leg_lock(volume.id, my_leg),
         };
         let (inputs, receiver) = repl_primary::engine_channel();
         let task = tokio::spawn(repl_primary::run_primary(
@@ -239,6 +256,7 @@ impl VolumeHost {
             .collect();
         Ok(Hosted {
             epoch: volume.epoch,
+            my_leg,
             task: Some(task),
             inputs,
             reported,
@@ -248,43 +266,30 @@ impl VolumeHost {
 
     /// A leg this node wrote as primary before a crash keeps `primary_open` (so its hot extents
     /// are reported as suspect) until the cluster commits it UpToDate again under another
-    /// primary: then the resync is done and the mark is cleared.
+    /// primary: then the resync is done and the mark is cleared. A shared leg's mark is in the
+    /// leg itself: a leg the current primary reaches is left to that primary (it may be the
+    /// leg it writes, whose mark is its own), which clears the marks of its other legs here.
     fn clear_crash_marks(&mut self, state: &ClusterState) {
         let me = self.context.me;
-        for volume in state
-            .volumes
-            .values()
-            .filter(|v| v.primary.is_some_and(|p| p != me))
-        {
-            let Some(leg) = volume
-                .leg_of(me)
-                .filter(|leg| leg.state == LegState::UpToDate)
-            else {
+        for volume in state.volumes.values() {
+            let Some(primary) = volume.primary else {
                 continue;
             };
-            if !self.marks_checked.insert((volume.id, volume.epoch)) {
-                continue;
-            }
-            let path = MetaStore::path_for(&self.context.state_dir, volume.id, leg.id);
-            let expect = Expectation {
-                cluster: self.context.cluster,
-                volume: volume.id,
-                leg: leg.id,
-            };
-            let cleared = tokio::task::block_in_place(|| {
-                let mut store = MetaStore::open(&path, expect, volume.size)?;
-                if store.superblock().primary_open {
-                    store.set_primary_open(false, volume.epoch)?;
-                    tracing::info!(
-                        "volume {}: leg {} resynced after this node's crash as primary",
-                        volume.name,
-                        leg.id
-                    );
+            let own = self.hosted.get(&volume.id).map(|hosted| hosted.my_leg);
+            for leg in volume.legs_of(me) {
+                let primarys_own = if primary == me {
+                    own.is_none_or(|own| own == leg.id)
+                } else {
+                    leg.nodes.contains(&primary)
+                };
+                if leg.state != LegState::UpToDate || primarys_own {
+                    continue;
                 }
-                Ok::<(), crate::meta_store::MetaStoreError>(())
-            });
-            if let Err(error) = cleared {
-                tracing::warn!("{error}");
+                if !self.marks_checked.insert((volume.id, volume.epoch, leg.id)) {
+                    continue;
+                }
+                let location = MetaLocation::for_leg(&self.context.state_dir, volume.id, leg);
+                clear_crash_mark(self.context.cluster, volume, leg.id, &location);
             }
         }
     }
@@ -340,6 +345,35 @@ impl VolumeHost {
         }
     }
 
+    /// What a secondary engine on this node's `leg` of `volume` needs, for a stream from
+    /// `peer` (a remote primary, or this node's own primary engine for a dual array).
+    fn session_spec(
+        &mut self,
+        volume: &VolumeInfo,
+        leg: &tandem_core::volume::LegInfo,
+        peer: &str,
+    ) -> Result<SessionSpec, String> {
+        let epoch = self
+            .epochs
+            .get(&volume.id)
+            .ok_or("the volume's epoch is not followed here yet")?
+            .subscribe();
+        Ok(SessionSpec {
+            ident: Ident {
+                cluster: self.context.cluster,
+                volume: volume.id,
+                node: self.context.me,
+            },
+            leg: leg.id,
+            leg_path: PathBuf::from(&leg.path),
+            meta: MetaLocation::for_leg(&self.context.state_dir, volume.id, leg),
+            size: volume.size,
+            epoch,
+            leg_lock: self.leg_lock(volume.id, leg.id),
+            peer: peer.to_string(),
+        })
+    }
+
     /// A primary opened a replication stream to this node for `volume`.
     pub fn accept_replication(
         &mut self,
@@ -355,38 +389,50 @@ impl VolumeHost {
                 "replication stream from {peer} for unknown volume {volume}; dropped"
             );
         };
-        let Some(leg) = info.leg_of(me) else {
+        // The primary dials a node only for legs it does not reach itself.
+        let Some(leg) = info.legs_of(me).find(|leg| !leg.nodes.contains(&from)) else {
             return tracing::warn!(
-                "replication stream from {peer} for volume {}: no leg here; dropped",
+                "replication stream from {peer} for volume {}: no leg here it does not reach \
+                 itself; dropped",
                 info.name
             );
         };
         if info.primary == Some(me) {
             return tracing::warn!("replication stream from {peer} (node {from}) for volume {}: this node is its primary; dropped", info.name);
         }
-        let epoch = match self.epochs.get(&volume) {
-            Some(sender) => sender.subscribe(),
-            None => return,
-        };
-        let spec = SessionSpec {
-            ident: Ident {
-                cluster: self.context.cluster,
-                volume,
-                node: me,
-            },
-            leg: leg.id,
-            leg_path: PathBuf::from(&leg.path),
-            meta_path: MetaStore::path_for(&self.context.state_dir, volume, leg.id),
-            size: info.size,
-            epoch,
-            leg_lock: self.leg_lock(volume),
-            peer: peer.to_string(),
+        let leg = leg.clone();
+        let spec = match self.session_spec(info, &leg, peer) {
+            Ok(spec) => spec,
+            Err(error) => return tracing::warn!("replication stream from {peer}: {error}"),
         };
         if let Some(old) = self.sessions.remove(&volume) {
             old.abort();
         }
         self.sessions
             .insert(volume, tokio::spawn(repl_secondary::run(spec, stream)));
+    }
+}
+
+/// Clears a leg's crash mark (`primary_open`) once its resync is done.
+fn clear_crash_mark(cluster: ClusterId, volume: &VolumeInfo, leg: LegId, location: &MetaLocation) {
+    let expect = Expectation {
+        cluster,
+        volume: volume.id,
+        leg,
+    };
+    let cleared = tokio::task::block_in_place(|| {
+        let mut store = MetaStore::open(location, expect, volume.size)?;
+        if store.superblock().primary_open {
+            store.set_primary_open(false, volume.epoch)?;
+            tracing::info!(
+                "volume {}: leg {leg} resynced after a crash of its primary",
+                volume.name
+            );
+        }
+        Ok::<(), crate::meta_store::MetaStoreError>(())
+    });
+    if let Err(error) = cleared {
+        tracing::warn!("{error}");
     }
 }
 

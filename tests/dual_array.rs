@@ -1,0 +1,269 @@
+//! Tier-3 tests of shared legs and the dual-array layout (DESIGN.md §4) with real daemons and
+//! a real NBD client: two "servers" a and b on 127.0.0.x that both reach two "arrays" (leg
+//! files in one temp dir both daemons see). The primary writes both arrays itself; after
+//! `kill -9` of its daemon the other server takes over the very same legs, every acknowledged
+//! write reads back, the arrays converge to identical data, and a shared leg's metadata (kept
+//! inside the leg, at its end) is refused when corrupt, from whichever node opens it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tandem_tests::nbd_client::NbdClient;
+use tandem_tests::{cli, random_bytes, text, wait_for, TestCluster};
+
+const SIZE: usize = 16 << 20;
+
+fn ok(output: std::process::Output) -> String {
+    assert!(output.status.success(), "{}", text(&output));
+    text(&output)
+}
+
+fn array(cluster: &TestCluster, name: &str) -> PathBuf {
+    cluster.root.join(format!("array-{name}.img"))
+}
+
+fn socket(cluster: &TestCluster, node: &str) -> PathBuf {
+    cluster.node(node).dir.join("nbd-db.sock")
+}
+
+fn volume(cluster: &TestCluster, via: &str) -> Option<Value> {
+    let output = cli(&cluster.node(via).dir, &["volume", "show", "db", "--json"]);
+    let reply: Value = serde_json::from_slice(&output.stdout).ok()?;
+    Some(reply["volumes"][0].clone())
+}
+
+fn wait_leg_state(cluster: &TestCluster, via: &str, leg: usize, state: &str) {
+    wait_for(
+        &format!("leg {leg} {state}"),
+        Duration::from_secs(60),
+        || (volume(cluster, via)?["legs"][leg]["state"] == state).then_some(()),
+    );
+}
+
+fn wait_socket(socket: &Path) {
+    wait_for("the NBD socket", Duration::from_secs(30), || {
+        socket.exists().then_some(())
+    });
+}
+
+/// Servers a and b (and a witness) with volume `db` on two arrays both servers reach,
+/// primary on a, both arrays in sync.
+fn dual_array(label: &str) -> TestCluster {
+    let cluster = TestCluster::form(label, &["a", "b"], &["w"]);
+    let a = cluster.node("a").dir.clone();
+    let leg_x = format!("a,b:{}", array(&cluster, "x").display());
+    let leg_y = format!("a,b:{}", array(&cluster, "y").display());
+    ok(cli(
+        &a,
+        &[
+            "volume", "create", "db", "--size", "16M", "--leg", &leg_x, "--leg", &leg_y,
+        ],
+    ));
+    ok(cli(&a, &["volume", "promote", "db", "--node", "a"]));
+    wait_leg_state(&cluster, "a", 1, "UpToDate");
+    cluster.node("a").wait_lease();
+    cluster
+}
+
+/// The volume's data area of an array (its internal metadata follows it).
+fn data_of(cluster: &TestCluster, name: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(array(cluster, name)).expect("read array");
+    assert!(
+        bytes.len() > SIZE,
+        "the array holds metadata after the data"
+    );
+    bytes.truncate(SIZE);
+    bytes
+}
+
+fn assert_arrays_identical(cluster: &TestCluster) {
+    let (x, y) = (data_of(cluster, "x"), data_of(cluster, "y"));
+    let first = x.iter().zip(&y).position(|(a, b)| a != b);
+    assert_eq!(first, None, "the arrays differ, first at byte {first:?}");
+}
+
+fn nbdcopy(from: &str, to: &str) {
+    let output = Command::new("nbdcopy")
+        .args([from, to])
+        .output()
+        .expect("run nbdcopy (installed by .ci/run)");
+    assert!(output.status.success(), "nbdcopy: {}", text(&output));
+}
+
+fn uri(socket: &Path) -> String {
+    format!("nbd+unix:///db?socket={}", socket.display())
+}
+
+/// The content of `block` at `version`: a self-describing header, then a pattern.
+fn block_content(block: u64, version: u32) -> Vec<u8> {
+    let mut data = random_bytes(4096, (block << 32) | u64::from(version) | 1);
+    data[..8].copy_from_slice(&block.to_be_bytes());
+    data[8..12].copy_from_slice(&version.to_be_bytes());
+    data
+}
+
+/// Every acknowledged (block, version), and the write in flight when the link broke.
+#[derive(Default)]
+struct WriterLog {
+    acked: Vec<(u64, u32)>,
+    in_flight: Option<(u64, u32)>,
+}
+
+/// Writes random blocks (some with FUA, with a flush now and then) until the connection
+/// fails; logs acknowledgements.
+fn verifying_writer(socket: PathBuf, seed: u64) -> WriterLog {
+    let mut log = WriterLog::default();
+    let Ok(mut client) = NbdClient::connect(&socket, "db") else {
+        return log;
+    };
+    let blocks = client.size / 4096;
+    let mut state = seed | 1;
+    for version in 1u32.. {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let block = state % blocks;
+        log.in_flight = Some((block, version));
+        let fua = version % 7 == 0;
+        let content = block_content(block, version);
+        if client.write(block * 4096, &content, fua).is_err() {
+            return log;
+        }
+        log.acked.push((block, version));
+        log.in_flight = None;
+        if version % 50 == 0 && client.flush().is_err() {
+            return log;
+        }
+    }
+    log
+}
+
+#[test]
+fn a_dual_array_primary_killed_hard_is_taken_over_on_the_same_arrays_which_converge() {
+    let mut cluster = dual_array("dual-kill");
+    let a = cluster.node("a").dir.clone();
+    let shown = ok(cli(&a, &["volume", "show", "db"]));
+    assert!(
+        shown.contains("node a reaches legs 0,1 (as primary: writes leg 0)")
+            && shown.contains("node b reaches legs 0,1"),
+        "{shown}"
+    );
+    // A bulk copy reaches both arrays, and verify compares them.
+    let source = cluster.root.join("in.bin");
+    std::fs::write(&source, random_bytes(SIZE, 0xd0a1)).expect("source");
+    wait_socket(&socket(&cluster, "a"));
+    nbdcopy(
+        source.to_str().expect("utf-8"),
+        &uri(&socket(&cluster, "a")),
+    );
+    assert_arrays_identical(&cluster);
+    let verified = ok(cli(&a, &["volume", "verify", "db"]));
+    assert!(
+        verified.contains("leg 1: compared 16.0 MiB: identical"),
+        "{verified}"
+    );
+
+    // A verifying writer on a; a's daemon is killed while it writes.
+    let writer_socket = socket(&cluster, "a");
+    let writer = std::thread::spawn(move || verifying_writer(writer_socket, 0x5eed));
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.kill("a");
+    let log = writer.join().expect("writer thread");
+    assert!(
+        log.acked.len() > 10,
+        "only {} writes acknowledged",
+        log.acked.len()
+    );
+
+    // b takes over the same arrays (a is gone: its lease lapsed).
+    let b = cluster.node("b").dir.clone();
+    wait_for("the takeover", Duration::from_secs(30), || {
+        cli(&b, &["volume", "promote", "db", "--node", "b"])
+            .status
+            .success()
+            .then_some(())
+    });
+    cluster.node("b").wait_lease();
+    let target = cluster.root.join("out.bin");
+    wait_socket(&socket(&cluster, "b"));
+    nbdcopy(
+        &uri(&socket(&cluster, "b")),
+        target.to_str().expect("utf-8"),
+    );
+    let image = std::fs::read(&target).expect("read back");
+    let mut expected: HashMap<u64, u32> = HashMap::new();
+    for &(block, version) in &log.acked {
+        expected.insert(block, version);
+    }
+    for (&block, &version) in &expected {
+        let found = &image[(block * 4096) as usize..][..4096];
+        let in_flight = log.in_flight.filter(|&(b, _)| b == block);
+        let ok = found == block_content(block, version).as_slice()
+            || in_flight.is_some_and(|(_, v)| found == block_content(block, v).as_slice());
+        assert!(ok, "block {block} lost its acknowledged version {version}");
+    }
+
+    // The takeover outdated the array b does not write itself; b resyncs it locally.
+    wait_leg_state(&cluster, "b", 1, "UpToDate");
+    let verified = ok(cli(&b, &["volume", "verify", "db"]));
+    assert!(
+        verified.contains("leg 1: compared 16.0 MiB: identical"),
+        "{verified}"
+    );
+    assert_arrays_identical(&cluster);
+    eprintln!(
+        "dual array: {} writes acknowledged before the kill, {} blocks verified after the takeover",
+        log.acked.len(),
+        expected.len()
+    );
+}
+
+#[test]
+fn a_shared_leg_with_corrupt_internal_metadata_is_refused_with_its_path_and_untouched() {
+    let cluster = TestCluster::form("dual-bad", &["a", "b"], &[]);
+    let a = cluster.node("a").dir.clone();
+    let b = cluster.node("b").dir.clone();
+    let leg = array(&cluster, "x");
+    let spec = format!("a,b:{}", leg.display());
+    ok(cli(
+        &a,
+        &["volume", "create", "db", "--size", "8M", "--leg", &spec],
+    ));
+    // Served once by a, cleanly: the metadata now sits at the end of the shared leg.
+    ok(cli(&a, &["volume", "promote", "db", "--node", "a"]));
+    wait_socket(&socket(&cluster, "a"));
+    ok(cli(&a, &["volume", "demote", "db"]));
+    wait_for("a's socket to go", Duration::from_secs(30), || {
+        (!socket(&cluster, "a").exists()).then_some(())
+    });
+    let mut bytes = std::fs::read(&leg).expect("read leg");
+    let end = bytes.len();
+    assert!(end > 8 << 20, "metadata after the data");
+    assert!(
+        bytes[end - 4096..].starts_with(b"TANDEMLM"),
+        "superblock A last"
+    );
+
+    // Both superblock copies overwritten: b, the other node that reaches the leg, refuses it.
+    bytes[..8 << 20].fill(0x5a);
+    bytes[end - 8192..].fill(0xee);
+    std::fs::write(&leg, &bytes).expect("corrupt");
+    ok(cli(&b, &["volume", "promote", "db", "--node", "b"]));
+    wait_for("the refusal", Duration::from_secs(10), || {
+        let log = cluster.node("b").log();
+        (log.contains(&leg.display().to_string()) && log.contains("not tandem metadata"))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !socket(&cluster, "b").exists(),
+        "a refused leg must not be served"
+    );
+    assert!(
+        std::fs::read(&leg).expect("read leg") == bytes,
+        "the refused leg was changed"
+    );
+}
