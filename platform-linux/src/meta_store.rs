@@ -284,7 +284,10 @@ impl MetaStore {
                 .map_err(|e| self.io_error(e))?;
         }
         let superblock = self.superblock.clone();
-        self.write_superblock(superblock)
+        self.write_superblock(superblock)?;
+        // Both copies valid from the start: a blank second copy would read as damage.
+        let second = self.superblock.bumped();
+        self.write_superblock(second)
     }
 
     /// Writes `next` (a bumped superblock) to the copy its generation names, syncs, adopts it.

@@ -720,7 +720,10 @@ fn prepare(
             setup.name
         );
     }
-    let peers: Vec<(LegId, NodeId)> = setup.peers.iter().map(|p| (p.leg, p.node)).collect();
+    // Every peer leg, remote or local (a dual array's other legs): each gets a bitmap slot
+    // and, after a crash, the hot extents.
+    let mut peers: Vec<(LegId, NodeId)> = setup.peers.iter().map(|p| (p.leg, p.node)).collect();
+    peers.extend(setup.local_peers.iter().map(|s| (s.leg, context.me)));
     if store.superblock().last_epoch < primary.epoch() {
         // The first run of a takeover epoch: the outdated legs had everything until now.
         for &leg in &setup.takeover_legs {
