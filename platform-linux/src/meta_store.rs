@@ -468,6 +468,17 @@ fn read_block(file: &File, path: &Path, offset: u64) -> Result<Vec<u8>, MetaStor
     Ok(block)
 }
 
+/// Asks the kernel to forget this host's cached pages of a device (dirty ones are written
+/// first); a failure only costs coherence the epoch rules do not rely on, so it is logged.
+fn drop_cached_pages(file: &File) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: posix_fadvise on a valid, open descriptor with plain integer arguments.
+    let result = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if result != 0 {
+        tracing::debug!("posix_fadvise(DONTNEED) failed: errno {result}");
+    }
+}
+
 fn is_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&byte| byte == 0)
 }
@@ -493,6 +504,9 @@ fn size_for_internal(
     };
     let kind = file.metadata().map_err(io)?.file_type();
     if kind.is_block_device() {
+        // Another server may have written this shared device since this host last read it:
+        // drop any cached pages of it first, so the metadata (and data) read are the device's.
+        drop_cached_pages(file);
         let size = crate::leg::block_device_size(file).map_err(io)?;
         return if size < needed {
             Err(too_small(size))

@@ -227,6 +227,7 @@ pub async fn run_primary(
     receiver: mpsc::Receiver<EngineInput>,
 ) {
     let exclusive = setup.leg_lock.clone().lock_owned().await;
+    let _flush = FlushOnEnd(setup.leg_path.clone());
     let (leg, primary, keeper) = match prepare(&setup, primary) {
         Ok(prepared) => prepared,
         Err(error) => return tracing::error!("volume {}: cannot be primary: {error}", setup.name),
@@ -976,6 +977,7 @@ const LOCAL_LINK_BUFFER: usize = 4 << 20;
 /// stream. So a local leg follows the rules of a remote one: a write is acknowledged when it
 /// has it, a failed leg is frozen and committed Outdated, then resynced; verify compares it.
 async fn link_local(spec: SessionSpec, engine: mpsc::Sender<EngineInput>) {
+    let _flush = FlushOnEnd(spec.leg_path.clone());
     let leg = spec.leg;
     let mut backoff = Duration::from_millis(100);
     for generation in 1.. {
@@ -984,12 +986,36 @@ async fn link_local(spec: SessionSpec, engine: mpsc::Sender<EngineInput>) {
         let name = format!("this node ({})", spec.leg_path.display());
         let carried = carry_link(leg, generation, Box::new(ours), &engine, &name);
         let ((), alive) = tokio::join!(secondary, carried);
-        if !alive {
+        if !alive || engine.is_closed() {
             return;
         }
         let _ = engine.send(EngineInput::PeerDown { leg, generation }).await;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Flushes a leg when a role on it ends in any way, an abort (demotion, new epoch) included:
+/// with a shared array the next writer may be another server, reading the array itself, and
+/// it must find every write this one accepted there rather than in this host's page cache.
+struct FlushOnEnd(std::path::PathBuf);
+
+impl Drop for FlushOnEnd {
+    fn drop(&mut self) {
+        let path = self.0.clone();
+        let flush = move || {
+            let synced = std::fs::File::open(&path).and_then(|file| file.sync_data());
+            if let Err(error) = synced {
+                tracing::warn!(
+                    "leg {}: flush at the end of a role: {error}",
+                    path.display()
+                );
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(flush)),
+            Err(_) => flush(),
+        }
     }
 }
 
