@@ -3,7 +3,9 @@
 //! files in one temp dir both daemons see). The primary writes both arrays itself; after
 //! `kill -9` of its daemon the other server takes over the very same legs, every acknowledged
 //! write reads back, the arrays converge to identical data, and a shared leg's metadata (kept
-//! inside the leg, at its end) is refused when corrupt, from whichever node opens it.
+//! inside the leg, at its end) is refused when corrupt, from whichever node opens it. A shared
+//! leg taken over after a crash brings its crash flag and activity log along, so the new
+//! primary resyncs the hot extents to a third node's leg (with sidecar metadata it did not).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -274,5 +276,79 @@ fn a_shared_leg_with_corrupt_internal_metadata_is_refused_with_its_path_and_unto
     assert!(
         std::fs::read(&leg).expect("read leg") == bytes,
         "the refused leg was changed"
+    );
+}
+
+#[test]
+fn a_shared_leg_taken_over_after_a_crash_brings_its_crash_flag_and_hot_extents_along() {
+    // Leg 0 is an array a and b share; leg 1 is c's own disk.
+    let mut cluster = TestCluster::form("shared-kill", &["a", "b", "c"], &[]);
+    let a = cluster.node("a").dir.clone();
+    let shared = array(&cluster, "x");
+    let local = cluster.root.join("c-leg.img");
+    let leg_x = format!("a,b:{}", shared.display());
+    let leg_c = format!("c:{}", local.display());
+    ok(cli(
+        &a,
+        &[
+            "volume", "create", "db", "--size", "16M", "--leg", &leg_x, "--leg", &leg_c,
+        ],
+    ));
+    ok(cli(&a, &["volume", "promote", "db", "--node", "a"]));
+    wait_leg_state(&cluster, "a", 1, "UpToDate");
+    cluster.node("a").wait_lease();
+    wait_socket(&socket(&cluster, "a"));
+    let writer_socket = socket(&cluster, "a");
+    let writer = std::thread::spawn(move || verifying_writer(writer_socket, 0xc0de));
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.kill("a");
+    let log = writer.join().expect("writer thread");
+    assert!(log.acked.len() > 10, "only {} writes", log.acked.len());
+    // c's disk differs from the array in a hot extent, as a write in flight at the crash may
+    // leave it. Only the crash flag and activity log inside the array tell b to resync it.
+    let (last, _) = *log.acked.last().expect("a write");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&local)
+        .expect("open c's leg");
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0xeeu8; 4096], last * 4096).expect("diverge");
+    drop(file);
+
+    let b = cluster.node("b").dir.clone();
+    wait_for("the takeover", Duration::from_secs(30), || {
+        cli(&b, &["volume", "promote", "db", "--node", "b"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let shown = volume(&cluster, "b").expect("volume");
+    assert_eq!(shown["legs"][0]["state"], "UpToDate", "{shown}");
+    cluster.node("b").wait_lease();
+    wait_socket(&socket(&cluster, "b"));
+    let mut client = NbdClient::connect(&socket(&cluster, "b"), "db").expect("connect to b");
+    let expected: HashMap<u64, u32> = log.acked.iter().copied().collect();
+    for (&block, &version) in &expected {
+        let found = client.read(block * 4096, 4096).expect("read");
+        let in_flight = log.in_flight.filter(|&(b, _)| b == block);
+        let ok = found == block_content(block, version)
+            || in_flight.is_some_and(|(_, v)| found == block_content(block, v));
+        assert!(ok, "block {block} lost its acknowledged version {version}");
+    }
+    drop(client);
+    wait_for(
+        "c's leg to match the array",
+        Duration::from_secs(30),
+        || {
+            let output = cli(&b, &["volume", "verify", "db"]);
+            (output.status.success() && text(&output).contains("identical")).then_some(())
+        },
+    );
+    let x = data_of(&cluster, "x");
+    let c = std::fs::read(&local).expect("c's leg");
+    let first = x.iter().zip(&c).position(|(p, q)| p != q);
+    assert_eq!(first, None, "the legs differ, first at byte {first:?}");
+    assert!(
+        cluster.node("b").log().contains("resyncing"),
+        "b resynced the hot extents"
     );
 }
