@@ -352,3 +352,55 @@ fn a_shared_leg_taken_over_after_a_crash_brings_its_crash_flag_and_hot_extents_a
         "b resynced the hot extents"
     );
 }
+
+#[test]
+fn a_remote_shared_leg_is_reached_through_its_other_server_when_the_first_is_gone() {
+    // Leg 0 is c's own disk, leg 1 an array a and b share; c writes.
+    let mut cluster = TestCluster::form("shared-reach", &["a", "b", "c"], &[]);
+    let c = cluster.node("c").dir.clone();
+    let shared = array(&cluster, "x");
+    let local = cluster.root.join("c-leg.img");
+    let leg_c = format!("c:{}", local.display());
+    let leg_x = format!("a,b:{}", shared.display());
+    ok(cli(
+        &c,
+        &[
+            "volume", "create", "db", "--size", "16M", "--leg", &leg_c, "--leg", &leg_x,
+        ],
+    ));
+    ok(cli(&c, &["volume", "promote", "db", "--node", "c"]));
+    wait_leg_state(&cluster, "c", 1, "UpToDate");
+    cluster.node("c").wait_lease();
+    let source = cluster.root.join("in.bin");
+    std::fs::write(&source, random_bytes(SIZE, 0xabcd)).expect("source");
+    wait_socket(&socket(&cluster, "c"));
+    nbdcopy(
+        source.to_str().expect("utf-8"),
+        &uri(&socket(&cluster, "c")),
+    );
+
+    // a, the array's first server, dies: c reaches the array through b instead.
+    cluster.kill("a");
+    std::fs::write(&source, random_bytes(SIZE / 2, 0xef01)).expect("source");
+    nbdcopy(
+        source.to_str().expect("utf-8"),
+        &uri(&socket(&cluster, "c")),
+    );
+    wait_for(
+        "the array in sync through b",
+        Duration::from_secs(60),
+        || {
+            let output = cli(&c, &["volume", "verify", "db"]);
+            (output.status.success()
+                && text(&output).contains("leg 1: compared 16.0 MiB: identical"))
+            .then_some(())
+        },
+    );
+    let x = data_of(&cluster, "x");
+    let own = std::fs::read(&local).expect("c's leg");
+    assert!(x == own, "the legs differ");
+    assert!(
+        cluster.node("b").log().contains("replication stream from"),
+        "b carried the array's replication"
+    );
+}

@@ -116,6 +116,9 @@ pub struct PeerTarget {
     pub leg: LegId,
     pub node: NodeId,
     pub address: PeerAddress,
+    /// The other nodes that reach the leg (a shared array), tried in turn while the one in
+    /// use cannot be reached: a shared leg outlives any one of its servers.
+    pub others: Vec<(NodeId, PeerAddress)>,
 }
 
 /// Each peer leg's replication as the engine last saw it, for `volume show`.
@@ -934,34 +937,39 @@ fn start_image(images: &std::path::Path, name: &str, io: Arc<dyn VolumeIo>) -> I
     }
 }
 
-/// Keeps one replication stream to a peer leg open, reconnecting with backoff.
+/// Keeps one replication stream to a peer leg open, reconnecting with backoff. A node that
+/// cannot be reached is given up for the next one that reaches the leg (only a failed dial
+/// moves on: after a link breaks, its node is dialed again first).
 async fn dial_peer(
     peer: PeerTarget,
     engine: mpsc::Sender<EngineInput>,
     tls: Arc<rustls::ClientConfig>,
     (cluster, me, volume): (ClusterId, NodeId, VolumeId),
 ) {
+    let leg = peer.leg;
+    let mut reach = vec![(peer.node, peer.address)];
+    reach.extend(peer.others);
+    let mut at = 0;
     let mut backoff = Duration::from_millis(100);
     for generation in 1.. {
+        let (node, address) = &reach[at % reach.len()];
         let opened =
-            transport::open_replication(&peer.address, tls.clone(), cluster, me, peer.node, volume)
-                .await;
+            transport::open_replication(address, tls.clone(), cluster, me, *node, volume).await;
         let stream = match opened {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::debug!(
-                    "volume {volume}: cannot reach leg {} on {}: {error}",
-                    peer.leg,
-                    peer.address.name
+                    "volume {volume}: cannot reach leg {leg} on {}: {error}",
+                    address.name
                 );
+                at += 1;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
         backoff = Duration::from_millis(100);
-        let leg = peer.leg;
-        if !carry_link(leg, generation, stream, &engine, &peer.address.name).await {
+        if !carry_link(leg, generation, stream, &engine, &address.name).await {
             return;
         }
         let _ = engine.send(EngineInput::PeerDown { leg, generation }).await;

@@ -30,6 +30,10 @@ const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Out-of-sync bitmap grain (see `legmeta`: 4 KiB, as DRBD).
 const BITMAP_GRAIN: u64 = 4096;
 
+/// A primary's peer legs: the core's view of each, the remote ones' dial targets, the local
+/// ones' secondary engine specs.
+type PeerLegs = (Vec<PeerLeg>, Vec<PeerTarget>, Vec<SessionSpec>);
+
 /// A volume this node is primary of.
 struct Hosted {
     epoch: u64,
@@ -167,43 +171,7 @@ impl VolumeHost {
         let me = self.context.me;
         let own = volume.own_leg(me).ok_or("this node reaches no leg of it")?;
         let my_leg = own.id;
-        let mut peers = Vec::new();
-        let mut targets = Vec::new();
-        let mut local = Vec::new();
-        for leg in volume.legs.iter().filter(|leg| leg.id != my_leg) {
-            if leg.nodes.contains(&me) {
-                // Another leg this node reaches (a dual array): written by a secondary engine
-                // in this daemon, over an in-memory link.
-                peers.push(PeerLeg {
-                    leg: leg.id,
-                    node: me,
-                    state: leg.state,
-                });
-                local.push(self.session_spec(volume, leg, "this node (local leg)")?);
-                continue;
-            }
-            let Some(node) = leg.nodes.iter().copied().find(|&node| node != me) else {
-                continue;
-            };
-            let info = state
-                .nodes
-                .get(&node)
-                .ok_or_else(|| format!("leg {} names unknown node {node}", leg.id))?;
-            peers.push(PeerLeg {
-                leg: leg.id,
-                node,
-                state: leg.state,
-            });
-            let address = PeerAddress {
-                name: info.name.clone(),
-                addr: info.addr.clone(),
-            };
-            targets.push(PeerTarget {
-                leg: leg.id,
-                node,
-                address,
-            });
-        }
+        let (peers, targets, local) = self.peer_legs(state, volume, my_leg)?;
         let ident = Ident {
             cluster: self.context.cluster,
             volume: volume.id,
@@ -262,6 +230,34 @@ impl VolumeHost {
             reported,
             board,
         })
+    }
+
+    /// The legs a primary writing `my_leg` replicates to: the core's view of each, the remote
+    /// ones' dial targets, and the specs of the local ones' secondary engines.
+    fn peer_legs(
+        &mut self,
+        state: &ClusterState,
+        volume: &VolumeInfo,
+        my_leg: LegId,
+    ) -> Result<PeerLegs, String> {
+        let me = self.context.me;
+        let (mut peers, mut targets, mut local) = (Vec::new(), Vec::new(), Vec::new());
+        for leg in volume.legs.iter().filter(|leg| leg.id != my_leg) {
+            if leg.nodes.contains(&me) {
+                // Another leg this node reaches (a dual array): written by a secondary engine
+                // in this daemon, over an in-memory link.
+                peers.push(PeerLeg {
+                    leg: leg.id,
+                    node: me,
+                    state: leg.state,
+                });
+                local.push(self.session_spec(volume, leg, "this node (local leg)")?);
+            } else if let Some((peer, target)) = remote_target(state, leg)? {
+                peers.push(peer);
+                targets.push(target);
+            }
+        }
+        Ok((peers, targets, local))
     }
 
     /// A leg this node wrote as primary before a crash keeps `primary_open` (so its hot extents
@@ -411,6 +407,42 @@ impl VolumeHost {
         self.sessions
             .insert(volume, tokio::spawn(repl_secondary::run(spec, stream)));
     }
+}
+
+/// A leg of other nodes: the core's view of it and where its dialer finds it (its first
+/// node, then the others that reach it).
+fn remote_target(
+    state: &ClusterState,
+    leg: &tandem_core::volume::LegInfo,
+) -> Result<Option<(PeerLeg, PeerTarget)>, String> {
+    let mut reach = Vec::new();
+    for &node in &leg.nodes {
+        let info = state
+            .nodes
+            .get(&node)
+            .ok_or_else(|| format!("leg {} names unknown node {node}", leg.id))?;
+        let address = PeerAddress {
+            name: info.name.clone(),
+            addr: info.addr.clone(),
+        };
+        reach.push((node, address));
+    }
+    let mut reach = reach.into_iter();
+    let Some((node, address)) = reach.next() else {
+        return Ok(None);
+    };
+    let peer = PeerLeg {
+        leg: leg.id,
+        node,
+        state: leg.state,
+    };
+    let target = PeerTarget {
+        leg: leg.id,
+        node,
+        address,
+        others: reach.collect(),
+    };
+    Ok(Some((peer, target)))
 }
 
 /// Clears a leg's crash mark (`primary_open`) once its resync is done.
