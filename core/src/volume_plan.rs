@@ -200,3 +200,43 @@ fn reach(volume: &VolumeInfo, name_of: impl Fn(NodeId) -> String) -> Vec<NodeRea
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::new_volume;
+
+    #[test]
+    fn the_status_lists_the_legs_each_node_reaches_and_the_one_it_would_write() {
+        let legs = [
+            LegSpec {
+                nodes: vec![2, 1],
+                path: "/arrays/x".into(),
+            },
+            LegSpec {
+                nodes: vec![1, 2],
+                path: "/arrays/y".into(),
+            },
+            LegSpec {
+                nodes: vec![3],
+                path: "/dr/leg".into(),
+            },
+        ];
+        let mut volume = new_volume(1, "db", 1 << 20, &legs);
+        volume.legs[0].state = LegState::Outdated;
+        volume.legs[1].state = LegState::UpToDate;
+        let shown = reach(&volume, |id| format!("n{id}"));
+        let expected = [
+            ("n1", vec![0, 1], Some(1)),
+            ("n2", vec![0, 1], Some(1)),
+            ("n3", vec![2], None),
+        ];
+        assert_eq!(shown.len(), expected.len());
+        for (reach, (node, legs, writes)) in shown.iter().zip(expected) {
+            assert_eq!(
+                (reach.node.as_str(), &reach.legs, reach.writes),
+                (node, &legs, writes)
+            );
+        }
+    }
+}
