@@ -162,50 +162,17 @@ fn seeds_8_18_35_a_no_change_outdated_commit_releases_the_frozen_primary() {
     }
 }
 
-/// The same seeds with today's daemon behaviour: `platform-linux/src/volumes.rs`
-/// (`report_leg_states`) tells the engine only about leg states that *changed*, so the
-/// primary never learns that its Outdated proposal committed and holds every request for
-/// good. Open until the daemon reports every applied `SetLegState` of its volume.
-#[test]
-#[ignore = "daemon bug: report_leg_states reports only changed leg states (docs/reliability.md)"]
-fn seeds_8_18_35_with_the_daemons_leg_state_reports() {
-    let options = VolumeOptions {
-        report_every_commit: false,
-        ..VolumeOptions::default()
-    };
-    for seed in [8, 18, 35] {
-        if let Err(failure) = run_volume_seed(seed, &options) {
-            panic!("{failure}");
-        }
-    }
-}
-
 /// Seeds 1143, 1156 and 1184 (from 1000) found that a secondary that loses power loses the
-/// acknowledged writes still in its disk cache, and nothing resyncs them: the primary's
-/// bitmap for it records only what it missed after the link dropped. Once the leg is
-/// UpToDate again and later promoted, acknowledged writes are gone (rule 1). The simulator
-/// models the fix (the restarted secondary reports its whole leg crash-suspect until it is
-/// UpToDate again, `secondary_power_suspect`); with it these seeds pass.
+/// acknowledged writes still in its disk cache, and nothing resynced them: the primary's
+/// bitmap for it recorded only what it missed after the link dropped. Once the leg was
+/// UpToDate again and later promoted, acknowledged writes were gone (rule 1). Fixed in the
+/// core's `Primary`: it keeps what each peer acked but has not flushed
+/// (`replication/primary/unflushed.rs`) and marks it out of sync when the link drops. The
+/// simulator runs the real `Primary`, so this is the daemon's behaviour.
 #[test]
 fn seeds_1143_1156_1184_a_secondarys_power_loss_is_resynced() {
     for seed in [1143, 1156, 1184] {
         if let Err(failure) = run_volume_seed(seed, &VolumeOptions::default()) {
-            panic!("{failure}");
-        }
-    }
-}
-
-/// The same seeds as today's daemon behaves: `repl_secondary.rs` reports crash-suspect
-/// ranges only after a crash as primary (`primary_open`).
-#[test]
-#[ignore = "daemon bug: a secondary's power loss is not resynced (docs/reliability.md)"]
-fn seeds_1143_1156_1184_with_the_daemons_secondary_restart() {
-    let options = VolumeOptions {
-        secondary_power_suspect: false,
-        ..VolumeOptions::default()
-    };
-    for seed in [1143, 1156, 1184] {
-        if let Err(failure) = run_volume_seed(seed, &options) {
             panic!("{failure}");
         }
     }
@@ -236,9 +203,9 @@ fn seed_1892_a_write_in_flight_across_the_primarys_power_loss_is_not_promised() 
     }
 }
 
-/// Seed 10048 found a bug in the simulator's own shim: a restarted secondary forgot that it
-/// had lost power when the first state it learned showed its leg UpToDate (a state from
-/// before the power loss), so it reported nothing suspect.
+/// Seed 10048 found a bug in the simulator's own model of a fix since replaced (a restarted
+/// secondary reporting its whole leg suspect after a power loss forgot its power loss); kept
+/// as a power-loss regression seed.
 #[test]
 fn seed_10048_a_restarted_secondary_remembers_its_power_loss() {
     if let Err(failure) = run_volume_seed(10048, &VolumeOptions::default()) {
@@ -246,14 +213,21 @@ fn seed_10048_a_restarted_secondary_remembers_its_power_loss() {
     }
 }
 
-/// Seed 10331: the operator forced a stale leg primary while the old primary was alive but
-/// cut off; the old primary, alone with no UpToDate peer, kept acknowledging. The operator
-/// made two writers knowingly: the checker excuses those acknowledgements (and counts the
-/// promotion as forced), it does not report a lost write.
+/// Seed 10331 found it: the operator forced a stale leg primary while the old primary was
+/// alive but cut off; the old primary, alone with no UpToDate peer, kept acknowledging. The
+/// operator made two writers knowingly: the checker excuses those acknowledgements (and counts
+/// the promotion as forced), it does not report a lost write. Since the primary's background
+/// flushes changed every trace, seed 10313 replays that story (10331 no longer forces).
 #[test]
-fn seed_10331_a_forced_promotion_excuses_the_deposed_primarys_acknowledgements() {
-    match run_volume_seed(10331, &VolumeOptions::default()) {
-        Ok(report) => assert!(report.forced_promotions > 0),
+fn seed_10313_a_forced_promotion_excuses_the_deposed_primarys_acknowledgements() {
+    match run_volume_seed(10313, &VolumeOptions::default()) {
+        Ok(report) => {
+            assert!(report.forced_promotions > 0, "no forced promotion");
+            assert!(
+                report.excused_acks > 0,
+                "the deposed primary acknowledged nothing"
+            );
+        }
         Err(failure) => panic!("{failure}"),
     }
 }

@@ -33,9 +33,11 @@
 
 mod peers;
 mod resync;
+mod unflushed;
 mod verify;
 
 pub use resync::MAX_SKIP_RANGES;
+pub use unflushed::MAX_UNFLUSHED_RANGES;
 pub use verify::{VerifyStatus, MAX_VERIFY_MISMATCHES};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,6 +80,9 @@ pub struct Tuning {
     pub ping_timeout_ms: u64,
     /// A connection whose `Hello` is not answered this long is dropped.
     pub hello_timeout_ms: u64,
+    /// A peer that acked writes and has not flushed them for this long gets a flush: what a
+    /// lost link must resync (writes possibly lost from its cache) stays about this recent.
+    pub peer_flush_interval_ms: u64,
     /// A leg-state proposal not committed after this long is proposed again.
     pub repropose_ms: u64,
     /// After a failed local resync read, that peer's resync pauses this long.
@@ -112,6 +117,7 @@ impl Default for Tuning {
             ping_interval_ms: 500,
             ping_timeout_ms: 3_000,
             hello_timeout_ms: 5_000,
+            peer_flush_interval_ms: 1_000,
             repropose_ms: 2_000,
             read_retry_ms: 1_000,
             max_peer_unacked: 1024,
@@ -145,6 +151,9 @@ impl Tuning {
         let windows = [self.resync_window, self.resync_window_busy];
         if windows.iter().any(|&w| w == 0 || w > MAX_SECONDARY_OPS / 4) {
             return bad("resync windows must be between 1 and 512");
+        }
+        if self.peer_flush_interval_ms == 0 {
+            return bad("peer_flush_interval_ms must be above zero");
         }
         if self.resync_max_rate == 0 || self.resync_busy_rate == 0 {
             return bad("resync rates must be above zero");
@@ -301,6 +310,22 @@ enum Purpose {
 struct Sent {
     range: (u64, u64),
     at: u64,
+    effect: Effect,
+    /// Its number in the link's send order.
+    order: u64,
+}
+
+/// What a message does to the peer's leg once acked, for the unflushed record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    /// A write acked from the peer's volatile cache.
+    Cached,
+    /// A FUA write: durable when acked.
+    Durable,
+    /// A flush: what was acked before it is durable when it is acked.
+    Flush,
+    /// Nothing written (a verify request).
+    Read,
 }
 
 /// A resync request to one peer: reading locally, then sent.
@@ -347,6 +372,10 @@ struct Peer {
     verify: Option<verify::VerifyRun>,
     /// Verify rate budget in bytes, like `tokens`.
     verify_tokens: i64,
+    /// Acked writes that may still sit in the peer's volatile cache.
+    unflushed: unflushed::Unflushed,
+    /// Messages sent to it so far (numbers the send order for `unflushed`).
+    sent_count: u64,
 }
 
 /// The primary end of one volume's replication links.
@@ -737,7 +766,8 @@ impl Primary {
             };
             if send {
                 let bytes = frame.get_or_insert_with(|| self.request_frame(seq)).clone();
-                self.send_to(index, seq, range, bytes);
+                let effect = self.request_effect(seq);
+                self.send_to(index, seq, (range, effect), bytes);
             }
         }
         for index in down {
@@ -812,6 +842,15 @@ impl Primary {
         wire::encode(&message)
     }
 
+    /// What client request `seq` does to a peer's leg.
+    fn request_effect(&self, seq: u64) -> Effect {
+        match self.requests.get(&seq) {
+            Some(request) if request.range.is_none() => Effect::Flush,
+            Some(request) if request.fua => Effect::Durable,
+            _ => Effect::Cached,
+        }
+    }
+
     /// Completes every request whose local part is done and whose needed peers all acked.
     fn complete_ready(&mut self) {
         let ready: Vec<u64> = self
@@ -853,13 +892,26 @@ impl Primary {
     }
 
     /// Sends a frame to peer `index` and remembers it until acked.
-    fn send_to(&mut self, index: usize, seq: u64, range: Option<(u64, u64)>, bytes: Vec<u8>) {
+    fn send_to(
+        &mut self,
+        index: usize,
+        seq: u64,
+        (range, effect): (Option<(u64, u64)>, Effect),
+        bytes: Vec<u8>,
+    ) {
         let now = self.now;
         let peer = &mut self.peers[index];
+        peer.sent_count += 1;
+        let order = peer.sent_count;
         let sent = Sent {
             range: range.unwrap_or((0, 0)),
             at: now,
+            effect,
+            order,
         };
+        if effect == Effect::Flush {
+            peer.unflushed.flush_sent(seq, order, now);
+        }
         peer.unacked.insert(seq, sent);
         let resync = peer.resync.contains_key(&seq);
         if range.is_some() && (peer.mode == PeerMode::Behind || resync) {

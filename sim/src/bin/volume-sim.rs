@@ -44,10 +44,8 @@ struct Cli {
     /// Plant a bug in the core (needs --features mutations).
     #[arg(long)]
     mutation: Option<DataMutation>,
-    /// Behave like today's daemon after a secondary's power loss (no crash-suspect report).
-    #[arg(long)]
-    daemon_secondary_power_loss: bool,
-    /// Report committed leg states to the primary only when they change, as today's daemon.
+    /// Report committed leg states to the primary only when they change, as the daemon did
+    /// before it counted commits.
     #[arg(long)]
     daemon_leg_reports: bool,
     /// After a takeover, assume the other UpToDate legs equal the new primary's, as today's
@@ -78,7 +76,6 @@ fn options(cli: &Cli) -> VolumeOptions {
         nodes: cli.nodes.map(|n| n as usize),
         mutation: cli.mutation,
         echo: cli.trace,
-        secondary_power_suspect: !cli.daemon_secondary_power_loss,
         report_every_commit: !cli.daemon_leg_reports,
         takeover_repairs_peers: !cli.daemon_takeover,
         primary_disk_errors: !cli.no_primary_disk_errors,

@@ -339,7 +339,6 @@ impl World {
                 self.history.power_loss();
             } else {
                 self.lost_power[node] = true;
-                self.nodes[node].meta.power_lost = true;
             }
         } else {
             self.report.crashes += 1;

@@ -83,13 +83,9 @@ pub struct VolumeOptions {
     pub mutation: Option<DataMutation>,
     /// Print every trace line as it happens.
     pub echo: bool,
-    /// A secondary that lost power reports its whole leg crash-suspect when it reconnects
-    /// (the simulator's model of a fix the daemon lacks; see docs/reliability.md). Off, the
-    /// simulator behaves like today's daemon.
-    pub secondary_power_suspect: bool,
     /// Every committed leg-state change is reported to the primary, even one that changed
-    /// nothing (the simulator's model of a fix; today's daemon reports only changes, and a
-    /// primary whose Outdated proposal changes nothing then waits forever).
+    /// nothing, as the daemon does (`report_leg_states` compares the commit count). Off, a
+    /// primary whose Outdated proposal changes nothing waits forever (the old daemon).
     pub report_every_commit: bool,
     /// After a takeover, the new primary resyncs its whole leg to the other UpToDate peers
     /// (the simulator's model of a fix; today's daemon assumes they are identical to it, but
@@ -110,7 +106,6 @@ impl Default for VolumeOptions {
             settle_bound_ms: DEFAULT_SETTLE_MS,
             mutation: None,
             echo: false,
-            secondary_power_suspect: true,
             report_every_commit: true,
             takeover_repairs_peers: true,
             primary_disk_errors: true,
@@ -140,9 +135,6 @@ impl VolumeOptions {
         }
         if let Some(mutation) = self.mutation {
             command.push_str(&format!(" --mutation {mutation}"));
-        }
-        if !self.secondary_power_suspect {
-            command.push_str(" --daemon-secondary-power-loss");
         }
         if !self.report_every_commit {
             command.push_str(" --daemon-leg-reports");
@@ -243,6 +235,8 @@ pub struct VolumeReport {
     pub promotions: u64,
     pub refused_promotions: u64,
     pub forced_promotions: u64,
+    /// Acknowledgements of a primary deposed by a forced promotion (not promised).
+    pub excused_acks: u64,
     pub crashes: u64,
     pub power_losses: u64,
     pub link_cuts: u64,
@@ -267,6 +261,7 @@ impl VolumeReport {
         self.promotions += other.promotions;
         self.refused_promotions += other.refused_promotions;
         self.forced_promotions += other.forced_promotions;
+        self.excused_acks += other.excused_acks;
         self.crashes += other.crashes;
         self.power_losses += other.power_losses;
         self.link_cuts += other.link_cuts;

@@ -38,8 +38,6 @@ pub struct Meta {
     pub primary_open: bool,
     /// The last epoch it ran as primary in.
     pub last_primary_epoch: u64,
-    /// It lost power as a secondary since its leg was last UpToDate (the fix's mark).
-    pub power_lost: bool,
 }
 
 /// Injected disk behaviour.
@@ -432,9 +430,7 @@ impl World {
         let t = &self.nodes[target];
         let epoch = t.known.as_ref().map_or(0, |k| k.epoch);
         let core = Secondary::new(ident(t.id()), t.leg, self.size, epoch);
-        let suspect =
-            t.meta.primary_open || (t.meta.power_lost && self.opts.secondary_power_suspect);
-        let core = if suspect {
+        let core = if t.meta.primary_open {
             core.with_suspect(Suspect::Everything)
         } else {
             core
@@ -642,6 +638,7 @@ impl World {
                 "n{} acknowledges request {req_id} after a forced promotion: excused",
                 node + 1
             ));
+            self.report.excused_acks += 1;
             self.history.complete(req_id, false);
             self.client.outstanding.remove(&req_id);
             return;

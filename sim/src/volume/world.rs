@@ -299,18 +299,6 @@ impl World {
             return;
         }
         let known = self.control.clone();
-        let leg = self.nodes[node].leg;
-        let before = self.nodes[node]
-            .known
-            .as_ref()
-            .and_then(|k| k.leg(leg).map(|l| l.state));
-        let now_state = known.leg(leg).map(|l| l.state);
-        // Only a transition it saw clears the mark: after a restart it knows nothing, and
-        // an UpToDate it learns then may predate its power loss (seed 10048).
-        let resynced = before.is_some_and(|state| state != LegState::UpToDate);
-        if now_state == Some(LegState::UpToDate) && resynced {
-            self.nodes[node].meta.power_lost = false;
-        }
         self.nodes[node].known = Some(known);
         self.reconcile(node);
     }

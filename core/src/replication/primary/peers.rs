@@ -17,7 +17,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    LinkState, Local, Peer, PeerLeg, PeerMode, PeerStatus, Primary, PrimaryAction, ReplError,
+    Effect, LinkState, Local, Peer, PeerLeg, PeerMode, PeerStatus, Primary, PrimaryAction,
+    ReplError,
 };
 use crate::legmeta::OutOfSync;
 use crate::replication::check_range;
@@ -59,6 +60,8 @@ impl Peer {
             repairing: false,
             verify: None,
             verify_tokens: 0,
+            unflushed: Default::default(),
+            sent_count: 0,
         })
     }
 }
@@ -291,7 +294,8 @@ impl Primary {
             if let Some(request) = self.requests.get_mut(&seq) {
                 request.unsent.retain(|&l| l != leg);
             }
-            self.send_to(index, seq, range, bytes);
+            let effect = self.request_effect(seq);
+            self.send_to(index, seq, (range, effect), bytes);
             self.release_data(seq);
             if self.peers[index].link != LinkState::Up {
                 return;
@@ -312,6 +316,11 @@ impl Primary {
             let reason = format!("ack of verify seq {seq}: a verify is answered with digests");
             self.peer_failed(index, reason);
             return;
+        }
+        match sent.effect {
+            Effect::Cached => self.peers[index].unflushed.acked(sent.range, sent.order),
+            Effect::Flush => self.peers[index].unflushed.flush_acked(seq),
+            Effect::Durable | Effect::Read => {}
         }
         let peer = &self.peers[index];
         let clears =
@@ -512,6 +521,11 @@ impl Primary {
         let leg = peer.leg;
         peer.link = LinkState::Down;
         peer.link_since = self.now;
+        let cached = peer.unflushed.take_all(self.now);
+        let cached_bytes: u64 = cached.ranges().iter().map(|&(_, len)| len).sum();
+        for &(offset, len) in cached.ranges() {
+            let _ = peer.oos.mark(offset, len);
+        }
         peer.unacked.clear();
         peer.resync.clear();
         peer.sync_flush = None;
@@ -523,6 +537,13 @@ impl Primary {
             self.actions.push(PrimaryAction::DropLink { leg, reason });
         }
         self.note(format!("link to peer leg {leg} down: {reason}"));
+        if !cached.is_empty() {
+            self.note(format!(
+                "peer leg {leg}: {} ranges ({cached_bytes} bytes) it acked but never flushed \
+                 marked out of sync (a power loss there may have lost them)",
+                cached.len()
+            ));
+        }
         self.abort_verify(index, format!("the link went down ({reason})"));
     }
 
@@ -554,7 +575,7 @@ impl Primary {
                 seq,
             });
             self.peers[index].sync_flush = Some((seq, generation));
-            self.send_to(index, seq, None, bytes);
+            self.send_to(index, seq, (None, Effect::Flush), bytes);
             return;
         }
         self.peers[index].mode = PeerMode::Promoting;
@@ -567,6 +588,7 @@ impl Primary {
         self.advance(now);
         for index in 0..self.peers.len() {
             self.check_timeouts(index);
+            self.flush_if_due(index);
             let peer = &self.peers[index];
             if let Some((state, at)) = peer.proposal {
                 if self.now.saturating_sub(at) >= self.tuning.repropose_ms {
@@ -575,6 +597,22 @@ impl Primary {
             }
         }
         self.pump();
+    }
+
+    /// A connected peer holding acked writes unflushed for a while gets a flush of its own,
+    /// so what a disconnect must resync stays small (`unflushed`).
+    fn flush_if_due(&mut self, index: usize) {
+        let peer = &self.peers[index];
+        let interval = self.tuning.peer_flush_interval_ms;
+        if peer.link != LinkState::Up || !peer.unflushed.flush_due(self.now, interval) {
+            return;
+        }
+        let seq = self.new_seq();
+        let bytes = wire::encode(&Message::Flush {
+            epoch: self.epoch,
+            seq,
+        });
+        self.send_to(index, seq, (None, Effect::Flush), bytes);
     }
 
     fn check_timeouts(&mut self, index: usize) {

@@ -21,7 +21,7 @@
 //! [`Tuning::resync_max_rate`]: super::Tuning::resync_max_rate
 //! [`Tuning::resync_busy_rate`]: super::Tuning::resync_busy_rate
 
-use super::{LinkState, PeerMode, Primary, Purpose, ResyncOp};
+use super::{Effect, LinkState, PeerMode, Primary, Purpose, ResyncOp};
 use crate::replication::wire::{self, Message};
 use crate::replication::{check_range, overlaps, DiskKind, ReplError};
 use crate::volume::LegId;
@@ -249,7 +249,7 @@ impl Primary {
                 len: chunk.len,
                 fua: false,
             });
-            self.send_to(index, seq, Some(range), bytes);
+            self.send_to(index, seq, (Some(range), Effect::Cached), bytes);
         } else {
             if !unlimited {
                 peer.tokens = peer.tokens.saturating_sub(chunk.len as i64);
@@ -314,7 +314,7 @@ impl Primary {
             data,
         });
         self.peers[index].resync_bytes += len;
-        self.send_to(index, seq, Some(op.range), bytes);
+        self.send_to(index, seq, (Some(op.range), Effect::Cached), bytes);
         Ok(())
     }
 

@@ -39,7 +39,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{LinkState, PeerMode, Primary, Purpose};
+use super::{Effect, LinkState, PeerMode, Primary, Purpose};
 use crate::replication::wire::{self, Message, VERIFY_BLOCK};
 use crate::replication::{overlaps, DiskKind, ReplError};
 use crate::volume::{LegId, LegState};
@@ -328,7 +328,12 @@ impl Primary {
             offset,
             len,
         };
-        self.send_to(index, seq, Some(range), wire::encode(&request));
+        self.send_to(
+            index,
+            seq,
+            (Some(range), Effect::Read),
+            wire::encode(&request),
+        );
     }
 
     fn maybe_end_verify(&mut self, index: usize) {
@@ -494,7 +499,7 @@ impl Primary {
                 seq,
             });
             self.peers[index].sync_flush = Some((seq, generation));
-            self.send_to(index, seq, None, bytes);
+            self.send_to(index, seq, (None, Effect::Flush), bytes);
             return;
         }
         self.peers[index].repairing = false;

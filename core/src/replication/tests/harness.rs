@@ -52,6 +52,8 @@ pub struct Pending {
     pub op: DiskOp,
     /// For a flush: the unit tags at submission, durable when it completes.
     snapshot: Option<Vec<u64>>,
+    /// For a flush: the data at submission.
+    image: Option<Vec<u8>>,
 }
 
 /// A disk with a volatile cache: `data` is what reads see, `durable` the tag of each unit
@@ -60,6 +62,8 @@ pub struct Pending {
 pub struct MemDisk {
     pub data: Vec<u8>,
     pub durable: Vec<u64>,
+    /// What `data` becomes after a power loss: each unit as its newest completed flush saw it.
+    pub durable_data: Vec<u8>,
     pub pending: Vec<Pending>,
 }
 
@@ -73,6 +77,7 @@ impl MemDisk {
         MemDisk {
             data: vec![0; SIZE as usize],
             durable: vec![0; (SIZE / UNIT) as usize],
+            durable_data: vec![0; SIZE as usize],
             pending: Vec::new(),
         }
     }
@@ -82,8 +87,20 @@ impl MemDisk {
     }
 
     fn submit(&mut self, op: DiskOp) {
-        let snapshot = matches!(op.kind, DiskKind::Flush).then(|| self.tags());
-        self.pending.push(Pending { op, snapshot });
+        let flush = matches!(op.kind, DiskKind::Flush);
+        let snapshot = flush.then(|| self.tags());
+        let image = flush.then(|| self.data.clone());
+        self.pending.push(Pending {
+            op,
+            snapshot,
+            image,
+        });
+    }
+
+    /// Power loss: what no completed flush captured is gone, and nothing pending completes.
+    pub fn power_loss(&mut self) {
+        self.data.clone_from(&self.durable_data);
+        self.pending.clear();
     }
 
     /// Completes pending operation `index`, applying it; `ok: false` fails it untouched.
@@ -91,7 +108,11 @@ impl MemDisk {
         if index >= self.pending.len() {
             return None;
         }
-        let Pending { op, snapshot } = self.pending.remove(index);
+        let Pending {
+            op,
+            snapshot,
+            image,
+        } = self.pending.remove(index);
         let id = op.id;
         let kind = op.kind.clone();
         if !ok {
@@ -108,8 +129,13 @@ impl MemDisk {
                 self.data[offset as usize..(offset + len) as usize].to_vec(),
             ),
             DiskKind::Flush => {
-                for (durable, new) in self.durable.iter_mut().zip(snapshot.unwrap_or_default()) {
-                    *durable = (*durable).max(new);
+                let image = image.unwrap_or_default();
+                for (unit, new) in snapshot.unwrap_or_default().into_iter().enumerate() {
+                    if new >= self.durable[unit] {
+                        self.durable[unit] = new;
+                        let at = unit * UNIT as usize..(unit + 1) * UNIT as usize;
+                        self.durable_data[at.clone()].copy_from_slice(&image[at]);
+                    }
                 }
                 Done::Ok(id, true)
             }
@@ -344,6 +370,13 @@ impl Harness {
         self.cut(index);
         self.primary.peer_lost(leg).expect("lost");
         self.drain();
+    }
+
+    /// Leg `leg`'s node loses power: its cache is gone and its connection breaks.
+    pub fn power_loss(&mut self, leg: LegId) {
+        let index = self.leg_index(leg);
+        self.legs[index].disk.power_loss();
+        self.lose(leg);
     }
 
     fn cut(&mut self, index: usize) {

@@ -7,4 +7,5 @@ mod primary_tests;
 mod random_schedules;
 mod secondary_tests;
 mod takeover_tests;
+mod unflushed_tests;
 mod verify_tests;
