@@ -355,52 +355,59 @@ fn a_shared_leg_taken_over_after_a_crash_brings_its_crash_flag_and_hot_extents_a
 
 #[test]
 fn a_remote_shared_leg_is_reached_through_its_other_server_when_the_first_is_gone() {
-    // Leg 0 is c's own disk, leg 1 an array a and b share; c writes.
+    // Leg 0 is a's own disk, leg 1 an array b and c share; a writes.
     let mut cluster = TestCluster::form("shared-reach", &["a", "b", "c"], &[]);
-    let c = cluster.node("c").dir.clone();
+    let a = cluster.node("a").dir.clone();
     let shared = array(&cluster, "x");
-    let local = cluster.root.join("c-leg.img");
-    let leg_c = format!("c:{}", local.display());
-    let leg_x = format!("a,b:{}", shared.display());
+    let local = cluster.root.join("a-leg.img");
+    let leg_a = format!("a:{}", local.display());
+    let leg_x = format!("b,c:{}", shared.display());
     ok(cli(
-        &c,
+        &a,
         &[
-            "volume", "create", "db", "--size", "16M", "--leg", &leg_c, "--leg", &leg_x,
+            "volume", "create", "db", "--size", "16M", "--leg", &leg_a, "--leg", &leg_x,
         ],
     ));
-    ok(cli(&c, &["volume", "promote", "db", "--node", "c"]));
-    wait_leg_state(&cluster, "c", 1, "UpToDate");
-    cluster.node("c").wait_lease();
+    ok(cli(&a, &["volume", "promote", "db", "--node", "a"]));
+    wait_leg_state(&cluster, "a", 1, "UpToDate");
+    cluster.node("a").wait_lease();
     let source = cluster.root.join("in.bin");
     std::fs::write(&source, random_bytes(SIZE, 0xabcd)).expect("source");
-    wait_socket(&socket(&cluster, "c"));
+    wait_socket(&socket(&cluster, "a"));
     nbdcopy(
         source.to_str().expect("utf-8"),
-        &uri(&socket(&cluster, "c")),
+        &uri(&socket(&cluster, "a")),
     );
 
-    // a, the array's first server, dies: c reaches the array through b instead.
-    cluster.kill("a");
+    // b, the array's first server, dies: a reaches the array through c instead.
+    let b_id = cluster.node("b").status().expect("b's status")["this_node"].clone();
+    cluster.kill("b");
+    // Writes need a's lease, which a new Raft leader (if b led) grants only after its blackout.
+    wait_for("a leader other than b", Duration::from_secs(30), || {
+        let leader = cluster.node("a").status()?["leader"].clone();
+        (leader.is_u64() && leader != b_id).then_some(())
+    });
+    cluster.node("a").wait_lease();
     std::fs::write(&source, random_bytes(SIZE / 2, 0xef01)).expect("source");
     nbdcopy(
         source.to_str().expect("utf-8"),
-        &uri(&socket(&cluster, "c")),
+        &uri(&socket(&cluster, "a")),
     );
     wait_for(
-        "the array in sync through b",
+        "the array in sync through c",
         Duration::from_secs(60),
         || {
-            let output = cli(&c, &["volume", "verify", "db"]);
+            let output = cli(&a, &["volume", "verify", "db"]);
             (output.status.success()
                 && text(&output).contains("leg 1: compared 16.0 MiB: identical"))
             .then_some(())
         },
     );
     let x = data_of(&cluster, "x");
-    let own = std::fs::read(&local).expect("c's leg");
+    let own = std::fs::read(&local).expect("a's leg");
     assert!(x == own, "the legs differ");
     assert!(
-        cluster.node("b").log().contains("replication stream from"),
-        "b carried the array's replication"
+        cluster.node("c").log().contains("replication stream from"),
+        "c carried the array's replication"
     );
 }
