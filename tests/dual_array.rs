@@ -233,6 +233,50 @@ fn a_dual_array_primary_killed_hard_is_taken_over_on_the_same_arrays_which_conve
 }
 
 #[test]
+fn a_dual_array_switches_over_cleanly_to_the_other_server() {
+    let cluster = dual_array("dual-switch");
+    let (a, b) = (cluster.node("a").dir.clone(), cluster.node("b").dir.clone());
+    let data = random_bytes(SIZE, 0x5717);
+    let source = cluster.root.join("in.bin");
+    std::fs::write(&source, &data).expect("source");
+    wait_socket(&socket(&cluster, "a"));
+    nbdcopy(
+        source.to_str().expect("utf-8"),
+        &uri(&socket(&cluster, "a")),
+    );
+    ok(cli(&a, &["volume", "demote", "db"]));
+    wait_for("a's socket to go", Duration::from_secs(30), || {
+        (!socket(&cluster, "a").exists()).then_some(())
+    });
+    ok(cli(&b, &["volume", "promote", "db", "--node", "b"]));
+    let shown = volume(&cluster, "b").expect("volume");
+    assert_eq!(shown["legs"][0]["state"], "UpToDate", "{shown}");
+    assert_eq!(shown["legs"][1]["state"], "UpToDate", "{shown}");
+    cluster.node("b").wait_lease();
+    wait_socket(&socket(&cluster, "b"));
+    let target = cluster.root.join("out.bin");
+    nbdcopy(
+        &uri(&socket(&cluster, "b")),
+        target.to_str().expect("utf-8"),
+    );
+    assert!(
+        std::fs::read(&target).expect("read back") == data,
+        "b serves a's data"
+    );
+    std::fs::write(&source, random_bytes(SIZE, 0x5718)).expect("source");
+    nbdcopy(
+        source.to_str().expect("utf-8"),
+        &uri(&socket(&cluster, "b")),
+    );
+    let verified = ok(cli(&b, &["volume", "verify", "db"]));
+    assert!(
+        verified.contains("leg 1: compared 16.0 MiB: identical"),
+        "{verified}"
+    );
+    assert_arrays_identical(&cluster);
+}
+
+#[test]
 fn a_shared_leg_with_corrupt_internal_metadata_is_refused_with_its_path_and_untouched() {
     let cluster = TestCluster::form("dual-bad", &["a", "b"], &[]);
     let a = cluster.node("a").dir.clone();
