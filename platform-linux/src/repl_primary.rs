@@ -993,11 +993,17 @@ async fn link_local(spec: SessionSpec, engine: mpsc::Sender<EngineInput>) {
         let secondary = repl_secondary::run(spec.clone(), Box::new(theirs));
         let name = format!("this node ({})", spec.leg_path.display());
         let carried = carry_link(leg, generation, Box::new(ours), &engine, &name);
+        let began = Instant::now();
         let ((), alive) = tokio::join!(secondary, carried);
         if !alive || engine.is_closed() {
             return;
         }
         let _ = engine.send(EngineInput::PeerDown { leg, generation }).await;
+        // A link that ran a while ended for a reason of its own: retry soon. One that ends
+        // at once (the leg or its metadata refused) backs off up to 2 s between attempts.
+        if began.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
