@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use tandem_core::command::{SyncStatus, VerifyReport};
 use tandem_core::legmeta::{ActivityLog, AlDecision, Expectation};
-use tandem_core::replication::{LinkState, PeerMode, Primary, PrimaryAction, VerifyStatus};
+use tandem_core::replication::{
+    LinkState, PeerMode, Primary, PrimaryAction, Suspect, VerifyStatus,
+};
 use tandem_core::volume::{LegId, LegState, VolumeChange, VolumeId};
 use tandem_core::{ClusterId, NodeId, StateChange};
 use tokio::io::AsyncWriteExt;
@@ -213,6 +215,8 @@ pub struct PrimarySetup {
     pub images: std::path::PathBuf,
     pub name: String,
     pub leg_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What this node's secondary sessions left unconfirmed: resynced to every UpToDate peer.
+    pub carried: crate::repl_secondary::Carried,
 }
 
 /// A channel to a primary's engine, made before the engine runs.
@@ -735,20 +739,34 @@ fn prepare(
         }
     }
     let keeper = BitmapKeeper::open(store, &peers, &mut primary, setup)?;
+    let unconfirmed = match crate::repl_secondary::take_carried(&setup.carried) {
+        Suspect::Everything => vec![(0, setup.size)],
+        Suspect::Ranges(ranges) => ranges,
+    };
+    if !unconfirmed.is_empty() {
+        // Writes this leg applied as a secondary that the old primary never confirmed: the
+        // other surviving legs may lack them (or have them while this leg does not).
+        let what = "ranges applied unconfirmed under the old primary";
+        let marks = (&unconfirmed[..], &setup.takeover_legs[..]);
+        resync_to_up_to_date_peers(&mut primary, &peers, marks, &setup.name, what)?;
+    }
     Ok((leg, primary, keeper))
 }
 
-/// After a crash as primary, the local leg may hold writes no peer got, but only inside the
-/// activity log's hot extents. Those ranges are resynced to every UpToDate peer from this leg
-/// (the peer stays UpToDate: it has every acknowledged write); peers that were behind get a
-/// full resync, since their bitmaps on disk are not trusted after a crash. A leg this epoch's
-/// takeover outdated is tracked from now, so it gets the hot extents too: with a shared leg
-/// taken over (a dual array), the crashed primary may have written them to it unacknowledged.
-fn resync_hot_extents(
+/// Ranges where this leg may hold writes an UpToDate peer lacks (or lack writes it has) are
+/// resynced to every UpToDate peer from this leg; the peer stays UpToDate (it has every
+/// acknowledged write). Two sources, named by `what`: after a crash as primary, the activity
+/// log's hot extents (peers that were behind get a full resync, since their bitmaps on disk
+/// are not trusted after a crash); after serving as a secondary, what the old primary never
+/// confirmed (`repl_secondary::Carried`). A leg this epoch's takeover outdated is tracked from
+/// now, so it gets those ranges too: with a shared leg taken over (a dual array), the crashed
+/// primary may have written them to it unacknowledged.
+fn resync_to_up_to_date_peers(
     primary: &mut Primary,
     peers: &[(LegId, NodeId)],
     (hot, takeover): (&[(u64, u64)], &[LegId]),
     name: &str,
+    what: &str,
 ) -> Result<(), String> {
     let hot_bytes: u64 = hot.iter().map(|&(_, len)| len).sum();
     for &(leg, _) in peers {
@@ -756,9 +774,7 @@ fn resync_hot_extents(
             .peer_status(leg)
             .is_some_and(|peer| peer.committed == LegState::UpToDate);
         if (up_to_date || takeover.contains(&leg)) && !hot.is_empty() {
-            tracing::warn!(
-                "volume {name}: resyncing {hot_bytes} bytes of hot extents to leg {leg}"
-            );
+            tracing::warn!("volume {name}: resyncing {hot_bytes} bytes of {what} to leg {leg}");
             primary
                 .mark_out_of_sync(leg, hot)
                 .map_err(|e| e.to_string())?;
@@ -790,8 +806,8 @@ impl BitmapKeeper {
         if crashed {
             tracing::warn!("volume {name}: the last primary run on this leg did not stop cleanly");
             let hot = clip_ranges(&recovered.resync_ranges(), setup.size);
-            let takeover = &setup.takeover_legs;
-            resync_hot_extents(primary, peers, (&hot, takeover), name)?;
+            let marks = (&hot[..], &setup.takeover_legs[..]);
+            resync_to_up_to_date_peers(primary, peers, marks, name, "hot extents")?;
         }
         let activity = ActivityLog::resume(&recovered);
         let mut slots = Vec::new();

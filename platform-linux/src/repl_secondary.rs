@@ -27,6 +27,40 @@ const MAX_DRAIN_ROUNDS: usize = 4096;
 /// Frames read ahead of the session.
 const READ_AHEAD: usize = 256;
 
+/// What ended secondary sessions of a volume on this node left unconfirmed
+/// (`Secondary::unconfirmed`): reported as suspect to the next primary that connects, or
+/// marked for resync by this node if it becomes the primary (`repl_primary::prepare`). After
+/// a takeover the surviving legs may differ exactly there. In memory: a crash of this daemon
+/// loses it (docs/reliability.md).
+pub type Carried = Arc<std::sync::Mutex<Suspect>>;
+
+/// Takes what a volume's ended sessions left unconfirmed (nothing, if the lock is poisoned:
+/// a panic elsewhere already stopped the data path).
+pub fn take_carried(carried: &Carried) -> Suspect {
+    carried
+        .lock()
+        .map(|mut suspect| std::mem::take(&mut *suspect))
+        .unwrap_or_default()
+}
+
+/// The session's core; when the session ends, however it ends (the task may be aborted), what
+/// it left unconfirmed is carried to the volume's next session or primary.
+struct CarryOnDrop {
+    secondary: Secondary,
+    carried: Carried,
+}
+
+impl Drop for CarryOnDrop {
+    fn drop(&mut self) {
+        let unconfirmed = self.secondary.unconfirmed();
+        if let Ok(mut carried) = self.carried.lock() {
+            // A union: with a dual array, sessions on two legs of one volume may both end
+            // before the next primary or session takes what they left.
+            *carried = std::mem::take(&mut *carried).union(unconfirmed);
+        }
+    }
+}
+
 /// What a session needs to start.
 #[derive(Clone)]
 pub struct SessionSpec {
@@ -39,6 +73,7 @@ pub struct SessionSpec {
     pub epoch: watch::Receiver<u64>,
     pub leg_lock: Arc<Mutex<()>>,
     pub peer: String,
+    pub carried: Carried,
 }
 
 /// Runs one replication stream from a primary until it closes or is dropped.
@@ -53,7 +88,7 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
         Ok(store) => store,
         Err(error) => return tracing::error!("replication from {} refused: {error}", spec.peer),
     };
-    let suspect = suspect_ranges(&store, spec.size);
+    let suspect = suspect_ranges(&store, spec.size).union(take_carried(&spec.carried));
     let leg = match Leg::open(&spec.leg_path, spec.size) {
         Ok(leg) => Arc::new(leg),
         Err(error) => {
@@ -76,10 +111,13 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
     let started = Instant::now();
     let mut epoch = spec.epoch.clone();
     let secondary = Secondary::new(spec.ident, spec.leg, spec.size, *epoch.borrow());
-    let mut secondary = match suspect {
-        Suspect::Ranges(ranges) => secondary.with_suspect_ranges(ranges),
-        other => secondary.with_suspect(other),
+    // Dropped before the ring (declared after it), so the carry is written before the leg
+    // lock is released to the next session or primary.
+    let mut session = CarryOnDrop {
+        secondary: secondary.with_suspect(suspect),
+        carried: spec.carried.clone(),
     };
+    let secondary = &mut session.secondary;
     let (reader, mut writer) = tokio::io::split(stream);
     let (frames_tx, mut frames) = mpsc::channel(READ_AHEAD);
     let reader_task = tokio::spawn(read_frames(reader, frames_tx, spec.peer.clone()));
@@ -87,7 +125,7 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
         tokio::select! {
             frame = frames.recv() => match frame {
                 Some(bytes) => {
-                    catch_up_epoch(&bytes, &mut epoch, &mut secondary).await;
+                    catch_up_epoch(&bytes, &mut epoch, secondary).await;
                     let now = started.elapsed().as_millis() as u64;
                     if let Err(error) = secondary.on_message(now, &bytes) {
                         tracing::warn!("replication from {}: {error}", spec.peer);
@@ -104,13 +142,14 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
                 }
                 secondary.set_epoch(*epoch.borrow());
             }
-            Some(done) = disk_done.recv() => disk_completed(&mut secondary, &leg, done),
+            Some(done) = disk_done.recv() => disk_completed(secondary, &leg, done),
         }
-        if !drain(&mut secondary, &ring, &mut writer, &spec.peer).await {
+        if !drain(secondary, &ring, &mut writer, &spec.peer).await {
             break;
         }
     }
     reader_task.abort();
+    drop(session);
     drop(ring);
     let _ = tokio::task::block_in_place(|| leg.flush());
     tracing::info!(

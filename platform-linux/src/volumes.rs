@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::meta_store::{MetaLocation, MetaStore};
 use crate::repl_primary::{self, EngineContext, EngineInput, PeerTarget, PrimarySetup, SyncBoard};
-use crate::repl_secondary::{self, SessionSpec};
+use crate::repl_secondary::{self, Carried, SessionSpec};
 use crate::transport::{ByteStream, PeerAddress};
 
 /// How long a clean daemon stop waits for its primaries to drain.
@@ -77,6 +77,8 @@ pub struct VolumeHost {
     draining: Vec<JoinHandle<()>>,
     /// (volume, epoch, leg) whose crash mark on a leg here was checked since it is UpToDate.
     marks_checked: std::collections::BTreeSet<(VolumeId, u64, LegId)>,
+    /// What ended secondary sessions left unconfirmed, per volume.
+    carried: BTreeMap<VolumeId, Carried>,
 }
 
 impl Drop for VolumeHost {
@@ -97,12 +99,17 @@ impl VolumeHost {
             leg_locks: BTreeMap::new(),
             draining: Vec::new(),
             marks_checked: Default::default(),
+            carried: BTreeMap::new(),
         }
     }
 
     /// Where volume `name`'s NBD socket is while this node is primary.
     pub fn socket_path(state_dir: &Path, name: &str) -> PathBuf {
         state_dir.join(format!("nbd-{name}.sock"))
+    }
+
+    fn carried(&mut self, volume: VolumeId) -> Carried {
+        self.carried.entry(volume).or_default().clone()
     }
 
     fn leg_lock(&mut self, volume: VolumeId, leg: LegId) -> Arc<Mutex<()>> {
@@ -209,6 +216,7 @@ impl VolumeHost {
             images: self.context.state_dir.join("images"),
             name: volume.name.clone(),
             leg_lock: self.leg_lock(volume.id, my_leg),
+            carried: self.carried(volume.id),
         };
         let (inputs, receiver) = repl_primary::engine_channel();
         let task = tokio::spawn(repl_primary::run_primary(
@@ -367,6 +375,7 @@ impl VolumeHost {
             epoch,
             leg_lock: self.leg_lock(volume.id, leg.id),
             peer: peer.to_string(),
+            carried: self.carried(volume.id),
         })
     }
 

@@ -180,12 +180,13 @@ fn seeds_1143_1156_1184_a_secondarys_power_loss_is_resynced() {
 
 /// Seed 1254 found, in an earlier revision of the fault mix, that with three legs writes the
 /// lost primary sent to one surviving secondary but not to the other (never acknowledged)
-/// leave the two surviving UpToDate legs different after the takeover, for good. The
-/// simulator models the fix (`takeover_repairs_peers`: the new primary resyncs its whole leg
-/// to the other UpToDate legs in a takeover epoch). Today's behaviour is
-/// `takeover_repairs_peers: false` (`--daemon-takeover`); since the fault mix changed, no
-/// seed of a 2,000-seed search reproduces it (docs/reliability.md), so this is a plain
-/// regression seed.
+/// left the two surviving UpToDate legs different after the takeover, for good. Fixed in the
+/// core: the primary `Confirm`s what every UpToDate leg has, a secondary names what it applied
+/// unconfirmed to the next primary (`Secondary::unconfirmed`), and a node promoted after
+/// serving as a secondary resyncs its own unconfirmed ranges to its UpToDate peers. Core tests
+/// `after_a_takeover_a_secondary_reports_...` and its control pin the exact case; since the
+/// fault mix changed, no seed of 800 three-node seeds reproduced it without the fix, so here it
+/// is a plain regression seed.
 #[test]
 fn seed_1254_surviving_legs_converge_after_a_takeover() {
     if let Err(failure) = run_volume_seed(1254, &VolumeOptions::default()) {
@@ -217,10 +218,11 @@ fn seed_10048_a_restarted_secondary_remembers_its_power_loss() {
 /// alive but cut off; the old primary, alone with no UpToDate peer, kept acknowledging. The
 /// operator made two writers knowingly: the checker excuses those acknowledgements (and counts
 /// the promotion as forced), it does not report a lost write. Since the primary's background
-/// flushes changed every trace, seed 10313 replays that story (10331 no longer forces).
+/// flushes and confirmations changed every trace, seed 10580 replays that story (found with
+/// `volume-sim --seed N --trace | grep "forced promotion: excused"`).
 #[test]
-fn seed_10313_a_forced_promotion_excuses_the_deposed_primarys_acknowledgements() {
-    match run_volume_seed(10313, &VolumeOptions::default()) {
+fn seed_10580_a_forced_promotion_excuses_the_deposed_primarys_acknowledgements() {
+    match run_volume_seed(10580, &VolumeOptions::default()) {
         Ok(report) => {
             assert!(report.forced_promotions > 0, "no forced promotion");
             assert!(

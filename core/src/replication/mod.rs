@@ -57,7 +57,7 @@ pub use primary::{
     LinkState, PeerLeg, PeerMode, PeerStatus, Primary, PrimaryAction, Tuning, VerifyStatus,
     DEFAULT_MAX_CLIENT_REQUESTS, MAX_SKIP_RANGES, MAX_VERIFY_MISMATCHES,
 };
-pub use secondary::{Secondary, SecondaryAction, MAX_SECONDARY_OPS};
+pub use secondary::{Secondary, SecondaryAction, MAX_SECONDARY_OPS, MAX_UNCONFIRMED};
 pub use wire::{
     Message, RefuseCode, Suspect, WireError, MAX_DATA, MAX_SUSPECT_RANGES, PROTOCOL_VERSION,
     VERIFY_BLOCK,

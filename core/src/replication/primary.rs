@@ -49,6 +49,10 @@ use crate::ids::NodeId;
 use crate::legmeta::{OutOfSync, MIN_GRAIN};
 use crate::volume::{LegId, LegState, MAX_LEGS, MAX_VOLUME_SIZE};
 
+/// Requests completed before a `Confirm` goes out between ticks: keeps what a secondary
+/// must remember small under a high request rate.
+pub const CONFIRM_STEP: u64 = 64;
+
 /// Client requests in flight before [`Primary::client_write`] answers `Busy`.
 pub const DEFAULT_MAX_CLIENT_REQUESTS: usize = 256;
 
@@ -376,6 +380,8 @@ struct Peer {
     unflushed: unflushed::Unflushed,
     /// Messages sent to it so far (numbers the send order for `unflushed`).
     sent_count: u64,
+    /// The last `Confirm` sent on this link: requests below it are on every UpToDate leg.
+    confirmed_below: u64,
 }
 
 /// The primary end of one volume's replication links.
@@ -689,6 +695,7 @@ impl Primary {
             self.maybe_end_repair(index);
         }
         self.complete_ready();
+        self.send_confirms(false);
         if !self.local_failed.is_empty() {
             let (requests, peers) = (&self.requests, &self.peers);
             self.local_failed.retain(|seq| {
@@ -840,6 +847,32 @@ impl Primary {
             _ => Message::Flush { epoch, seq },
         };
         wire::encode(&message)
+    }
+
+    /// Tells connected peers which requests are on every UpToDate leg (everything below the
+    /// oldest one not completed), so they forget them: what a secondary applied and never saw
+    /// confirmed, it reports as suspect to the next primary (`Secondary::unconfirmed`).
+    /// `every_change`: send any progress (on ticks); otherwise only steps of [`CONFIRM_STEP`].
+    fn send_confirms(&mut self, every_change: bool) {
+        let below = self
+            .requests
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_seq);
+        let epoch = self.epoch;
+        for peer in &mut self.peers {
+            let step = below.saturating_sub(peer.confirmed_below);
+            if peer.link != LinkState::Up || step == 0 || (!every_change && step < CONFIRM_STEP) {
+                continue;
+            }
+            peer.confirmed_below = below;
+            let bytes = wire::encode(&Message::Confirm { epoch, below });
+            self.actions.push(PrimaryAction::Send {
+                leg: peer.leg,
+                bytes,
+            });
+        }
     }
 
     /// What client request `seq` does to a peer's leg.

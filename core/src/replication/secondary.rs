@@ -121,8 +121,17 @@ pub struct Secondary {
     last_heard: u64,
     /// Sent in every `HelloAck`.
     suspect: Suspect,
+    /// Data operations accepted that no `Confirm` covered yet: seq → range.
+    unconfirmed: BTreeMap<u64, (u64, u64)>,
+    /// More than [`MAX_UNCONFIRMED`] were pending at once: anything may differ.
+    unconfirmed_overflow: bool,
+    /// A primary confirmed something, so it had our `HelloAck` and its suspect ranges.
+    confirmed: bool,
     actions: Vec<SecondaryAction>,
 }
+
+/// Unconfirmed data operations a secondary remembers before it gives up listing them.
+pub const MAX_UNCONFIRMED: usize = MAX_SUSPECT_RANGES;
 
 impl Secondary {
     /// The leg `leg` of `ident.volume` on node `ident.node`, `size` bytes, at the committed
@@ -141,6 +150,9 @@ impl Secondary {
             disk: BTreeMap::new(),
             last_heard: 0,
             suspect: Suspect::none(),
+            unconfirmed: BTreeMap::new(),
+            unconfirmed_overflow: false,
+            confirmed: false,
             actions: Vec::new(),
         }
     }
@@ -199,6 +211,50 @@ impl Secondary {
     /// What this leg reports as crash-suspect in its `HelloAck`.
     pub fn suspect(&self) -> &Suspect {
         &self.suspect
+    }
+
+    /// What the next primary must hear as suspect when this session is over: the ranges of
+    /// data operations no `Confirm` covered (another leg may lack them, or have them while
+    /// this one does not), and, if no primary ever confirmed anything here, what this
+    /// session was to report itself (nobody may have heard it). After a takeover the
+    /// surviving legs may differ exactly there (simulator seed 1254).
+    pub fn unconfirmed(&mut self) -> Suspect {
+        if self.unconfirmed_overflow {
+            return Suspect::Everything;
+        }
+        let mut ranges: Vec<(u64, u64)> = self.unconfirmed.values().copied().collect();
+        if !self.confirmed {
+            match &self.suspect {
+                Suspect::Everything => return Suspect::Everything,
+                Suspect::Ranges(own) => ranges.extend(own),
+            }
+        }
+        self.normalize_suspect(ranges)
+    }
+
+    /// `Confirm`: the primary of `epoch` has every request below `below` on every UpToDate
+    /// leg. Another epoch's confirmation says nothing about this link and is ignored.
+    fn on_confirm(&mut self, epoch: u64, below: u64) {
+        if self.attached.is_none_or(|a| a.epoch != epoch) {
+            return;
+        }
+        self.unconfirmed = self.unconfirmed.split_off(&below);
+        self.confirmed = true;
+    }
+
+    fn remember_unconfirmed(&mut self, seq: u64, range: (u64, u64)) {
+        if self.unconfirmed_overflow {
+            return;
+        }
+        self.unconfirmed.insert(seq, range);
+        if self.unconfirmed.len() > MAX_UNCONFIRMED {
+            self.note(format!(
+                "more than {MAX_UNCONFIRMED} operations unconfirmed: after a takeover the \
+                 whole leg is reported suspect"
+            ));
+            self.unconfirmed.clear();
+            self.unconfirmed_overflow = true;
+        }
     }
 
     /// The committed epoch this leg accepts.
@@ -302,6 +358,10 @@ impl Secondary {
                 Ok(())
             }
             Message::Pong { .. } => Ok(()),
+            Message::Confirm { epoch, below } => {
+                self.on_confirm(epoch, below);
+                Ok(())
+            }
             Message::VerifyRequest {
                 epoch,
                 seq,
@@ -330,6 +390,13 @@ impl Secondary {
                 text: reason.clone(),
             });
             return Err(ReplError::Refused { code, reason });
+        }
+        if self.sessions > 0 {
+            // An earlier attachment's unconfirmed operations go into this report.
+            self.suspect = self.unconfirmed();
+            self.unconfirmed.clear();
+            self.unconfirmed_overflow = false;
+            self.confirmed = false;
         }
         self.sessions += 1;
         let replaced = self.attached.replace(Attachment {
@@ -463,6 +530,9 @@ impl Secondary {
                 self.ops.len()
             );
             return Err(self.refuse_data(RefuseCode::Busy, reason));
+        }
+        if let Some(range) = range.filter(|_| !verify) {
+            self.remember_unconfirmed(seq, range);
         }
         let id = self.next_op;
         self.next_op += 1;

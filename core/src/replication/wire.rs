@@ -33,8 +33,9 @@ use crate::volume::LegId;
 pub const MAGIC: [u8; 4] = *b"TNRL";
 /// The frame format version (header byte 4).
 pub const WIRE_VERSION: u8 = 1;
-/// The replication protocol version a [`Message::Hello`] announces.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The replication protocol version a [`Message::Hello`] announces. Version 2 added
+/// [`Message::Confirm`].
+pub const PROTOCOL_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 16;
 /// The largest data payload of one write or resync message (NBD's usual maximum request).
 pub const MAX_DATA: usize = 32 << 20;
@@ -140,6 +141,17 @@ impl Suspect {
     pub fn is_none(&self) -> bool {
         matches!(self, Suspect::Ranges(ranges) if ranges.is_empty())
     }
+
+    /// Both lists (unsorted, possibly overlapping); `Everything` if either is.
+    pub fn union(self, other: Suspect) -> Suspect {
+        match (self, other) {
+            (Suspect::Ranges(mut a), Suspect::Ranges(b)) => {
+                a.extend(b);
+                Suspect::Ranges(a)
+            }
+            _ => Suspect::Everything,
+        }
+    }
 }
 
 impl Default for Suspect {
@@ -218,6 +230,14 @@ pub enum Message {
     Pong {
         seq: u64,
     },
+    /// Primary → secondary: every client request numbered below `below` is on every
+    /// `UpToDate` leg (or was released from a leg committed behind). The secondary forgets
+    /// those; what it applied and never saw confirmed it names as suspect to the next primary,
+    /// because after a takeover the surviving legs may differ exactly there.
+    Confirm {
+        epoch: u64,
+        below: u64,
+    },
     /// Primary → secondary: read `len` bytes at `offset` and answer with their digests.
     VerifyRequest {
         epoch: u64,
@@ -248,6 +268,7 @@ const KIND_PING: u8 = 10;
 const KIND_PONG: u8 = 11;
 const KIND_VERIFY_REQUEST: u8 = 12;
 const KIND_VERIFY_REPLY: u8 = 13;
+const KIND_CONFIRM: u8 = 14;
 
 impl Message {
     /// The message's name, for errors and logs.
@@ -270,6 +291,7 @@ impl Message {
             Message::Pong { .. } => KIND_PONG,
             Message::VerifyRequest { .. } => KIND_VERIFY_REQUEST,
             Message::VerifyReply { .. } => KIND_VERIFY_REPLY,
+            Message::Confirm { .. } => KIND_CONFIRM,
         }
     }
 }
@@ -287,6 +309,7 @@ fn kind_name(kind: u8) -> &'static str {
         KIND_RESYNC_DATA => "resync-data",
         KIND_PING => "ping",
         KIND_PONG => "pong",
+        KIND_CONFIRM => "confirm",
         KIND_VERIFY_REQUEST => "verify-request",
         KIND_VERIFY_REPLY => "verify-reply",
         _ => "unknown",
@@ -400,6 +423,7 @@ fn encode_payload(message: &Message) -> Vec<u8> {
             out.push(u8::from(*ok));
         }
         Message::Ping { seq } | Message::Pong { seq } => put_u64s(&mut out, &[*seq]),
+        Message::Confirm { epoch, below } => put_u64s(&mut out, &[*epoch, *below]),
         Message::VerifyRequest { .. } | Message::VerifyReply { .. } => {
             encode_verify(&mut out, message)
         }
@@ -639,6 +663,10 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
         },
         KIND_PING => Message::Ping { seq: r.u64()? },
         KIND_PONG => Message::Pong { seq: r.u64()? },
+        KIND_CONFIRM => Message::Confirm {
+            epoch: r.u64()?,
+            below: r.u64()?,
+        },
         KIND_VERIFY_REQUEST => Message::VerifyRequest {
             epoch: r.u64()?,
             seq: r.u64()?,
@@ -880,6 +908,7 @@ mod tests {
             },
             Message::Ping { seq: 1 },
             Message::Pong { seq: 1 },
+            Message::Confirm { epoch: 4, below: 9 },
             Message::VerifyRequest {
                 epoch: 4,
                 seq: 6,
@@ -994,6 +1023,7 @@ mod tests {
             }),
             any::<u64>().prop_map(|seq| Message::Ping { seq }),
             any::<u64>().prop_map(|seq| Message::Pong { seq }),
+            any::<[u64; 2]>().prop_map(|[epoch, below]| Message::Confirm { epoch, below }),
             verify_message(),
         ]
     }

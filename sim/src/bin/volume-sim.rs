@@ -48,10 +48,6 @@ struct Cli {
     /// before it counted commits.
     #[arg(long)]
     daemon_leg_reports: bool,
-    /// After a takeover, assume the other UpToDate legs equal the new primary's, as today's
-    /// daemon does (no repair resync).
-    #[arg(long)]
-    daemon_takeover: bool,
     /// Inject disk errors and full disks on secondaries only.
     #[arg(long)]
     no_primary_disk_errors: bool,
@@ -77,7 +73,6 @@ fn options(cli: &Cli) -> VolumeOptions {
         mutation: cli.mutation,
         echo: cli.trace,
         report_every_commit: !cli.daemon_leg_reports,
-        takeover_repairs_peers: !cli.daemon_takeover,
         primary_disk_errors: !cli.no_primary_disk_errors,
         ..VolumeOptions::default()
     };

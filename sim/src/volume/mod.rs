@@ -87,10 +87,6 @@ pub struct VolumeOptions {
     /// nothing, as the daemon does (`report_leg_states` compares the commit count). Off, a
     /// primary whose Outdated proposal changes nothing waits forever (the old daemon).
     pub report_every_commit: bool,
-    /// After a takeover, the new primary resyncs its whole leg to the other UpToDate peers
-    /// (the simulator's model of a fix; today's daemon assumes they are identical to it, but
-    /// the lost primary's last writes may have reached some of them only: seed 1254).
-    pub takeover_repairs_peers: bool,
     /// Inject disk write errors and full disks on the primary's own leg too.
     pub primary_disk_errors: bool,
 }
@@ -107,7 +103,6 @@ impl Default for VolumeOptions {
             mutation: None,
             echo: false,
             report_every_commit: true,
-            takeover_repairs_peers: true,
             primary_disk_errors: true,
         }
     }
@@ -138,9 +133,6 @@ impl VolumeOptions {
         }
         if !self.report_every_commit {
             command.push_str(" --daemon-leg-reports");
-        }
-        if !self.takeover_repairs_peers {
-            command.push_str(" --daemon-takeover");
         }
         if !self.primary_disk_errors {
             command.push_str(" --no-primary-disk-errors");

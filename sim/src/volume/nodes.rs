@@ -84,6 +84,10 @@ pub struct Node {
     pub meta: Meta,
     pub primary: Option<PrimaryRole>,
     pub session: Option<Session>,
+    /// What ended secondary sessions left unconfirmed (`Secondary::unconfirmed`), reported to
+    /// the next primary, or marked by this node if it becomes the primary. In memory, as in
+    /// the daemon: a crash loses it.
+    pub carried: Suspect,
     pending: BTreeMap<u64, PendingDisk>,
     next_key: u64,
 }
@@ -101,6 +105,7 @@ impl Node {
             meta: Meta::default(),
             primary: None,
             session: None,
+            carried: Suspect::none(),
             pending: BTreeMap::new(),
             next_key: 1,
         }
@@ -122,6 +127,7 @@ impl Node {
         self.incarnation += 1;
         self.primary = None;
         self.session = None;
+        self.carried = Suspect::none();
         self.known = None;
         let pending = std::mem::take(&mut self.pending);
         pending.into_values().map(|p| p.op).collect()
@@ -248,9 +254,9 @@ impl World {
     }
 
     /// What the daemon does before the first request of a new primary (`prepare` and
-    /// `BitmapKeeper::open`): track the legs its takeover outdated from now, and after a
-    /// crash here as primary (or, with the takeover fix, in a takeover epoch) repair the
-    /// whole leg onto the UpToDate peers.
+    /// `BitmapKeeper::open`): track the legs its takeover outdated from now, repair the
+    /// whole leg onto the UpToDate peers after a crash here as primary, and what this node's
+    /// secondary sessions left unconfirmed (`repl_secondary::Carried`).
     fn prepare_primary(
         &mut self,
         node: usize,
@@ -266,11 +272,20 @@ impl World {
                 }
             }
         }
-        let takeover = meta.last_primary_epoch < known.epoch && !known.takeover_outdated.is_empty();
-        let repair_peers = takeover && self.opts.takeover_repairs_peers;
-        if meta.primary_open || repair_peers {
+        let carried = match std::mem::take(&mut self.nodes[node].carried) {
+            Suspect::Everything => vec![(0, self.size)],
+            Suspect::Ranges(ranges) => ranges,
+        };
+        // After a crash here as primary the whole leg (the daemon: its hot extents); after
+        // serving as a secondary, what the old primary never confirmed.
+        let repair = if meta.primary_open {
+            vec![(0, self.size)]
+        } else {
+            carried
+        };
+        if !repair.is_empty() {
             for peer in peers.iter().filter(|p| p.state == LegState::UpToDate) {
-                if let Err(error) = core.mark_out_of_sync(peer.leg, &[(0, self.size)]) {
+                if let Err(error) = core.mark_out_of_sync(peer.leg, &repair) {
                     self.violate(Rule::Harness, format!("mark_out_of_sync: {error}"));
                 }
             }
@@ -317,8 +332,15 @@ impl World {
 
     pub fn end_session(&mut self, node: usize, why: &str) {
         if let Some(session) = self.nodes[node].session.take() {
-            self.close_conn(session.conn, why);
+            let conn = session.conn;
+            self.retire_session(node, session);
+            self.close_conn(conn, why);
         }
+    }
+
+    /// A secondary session ends: what it applied unconfirmed is carried to the next one.
+    fn retire_session(&mut self, node: usize, mut session: Session) {
+        self.nodes[node].carried = session.core.unconfirmed();
     }
 
     /// Closes a connection; each end that is still attached learns it after a moment.
@@ -358,6 +380,7 @@ impl World {
             if self.nodes[s].session.as_ref().is_some_and(|x| x.conn == id) {
                 if let Some(mut session) = self.nodes[s].session.take() {
                     session.core.link_lost();
+                    self.retire_session(s, session);
                 }
             }
             return;
@@ -427,14 +450,20 @@ impl World {
     }
 
     fn open_session(&mut self, target: usize, conn: u64) {
+        if let Some(old) = self.nodes[target].session.take() {
+            let old_conn = old.conn;
+            self.retire_session(target, old);
+            self.close_conn(old_conn, "a new primary connection replaces it");
+        }
         let t = &self.nodes[target];
         let epoch = t.known.as_ref().map_or(0, |k| k.epoch);
         let core = Secondary::new(ident(t.id()), t.leg, self.size, epoch);
-        let core = if t.meta.primary_open {
-            core.with_suspect(Suspect::Everything)
+        let own = if t.meta.primary_open {
+            Suspect::Everything
         } else {
-            core
+            Suspect::none()
         };
+        let core = core.with_suspect(own.union(t.carried.clone()));
         let id = self.next_role;
         self.next_role += 1;
         self.nodes[target].session = Some(Session { core, id, conn });
@@ -676,7 +705,9 @@ impl World {
                     SecondaryAction::Send(bytes) => self.send_frame(conn, false, bytes),
                     SecondaryAction::Disk(op) => self.submit(node, role, op, writer),
                     SecondaryAction::Drop { reason } => {
-                        self.nodes[node].session = None;
+                        if let Some(session) = self.nodes[node].session.take() {
+                            self.retire_session(node, session);
+                        }
                         self.close_conn(conn, &reason);
                     }
                     SecondaryAction::Note(text) => {

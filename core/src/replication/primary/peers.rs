@@ -62,6 +62,7 @@ impl Peer {
             verify_tokens: 0,
             unflushed: Default::default(),
             sent_count: 0,
+            confirmed_below: 0,
         })
     }
 }
@@ -205,6 +206,9 @@ impl Primary {
         peer.link = LinkState::Up;
         peer.link_since = self.now;
         peer.cursor = 0;
+        // The next tick confirms to the new link even without progress: it tells the
+        // secondary its suspect report was heard.
+        peer.confirmed_below = 0;
         let mode = peer.mode;
         self.note(format!("peer leg {leg} connected ({mode:?})"));
         self.mark_suspect(index, suspect);
@@ -597,6 +601,7 @@ impl Primary {
             }
         }
         self.pump();
+        self.send_confirms(true);
     }
 
     /// A connected peer holding acked writes unflushed for a while gets a flush of its own,

@@ -193,8 +193,11 @@ fn reconnect_resyncs_only_the_dirty_regions_then_proposes_up_to_date() {
     for i in 0..8 {
         h.write(i * 4 * GRAIN, 4 * GRAIN, false);
     }
-    // Flushed on both peers: the lost link owes nothing from before it (`unflushed_tests`).
+    // Flushed on both peers, and confirmed (a tick): the lost link owes nothing from before
+    // it (`unflushed_tests`), and the peer reports nothing unconfirmed when it returns.
     h.flush();
+    h.settle();
+    h.tick(10);
     h.settle();
     h.lose(2);
     h.settle();

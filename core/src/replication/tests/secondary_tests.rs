@@ -563,3 +563,78 @@ fn suspect_ranges_are_merged_and_sent_in_every_hello_ack() {
     let fits = secondary(3).with_suspect_ranges(fits);
     assert!(matches!(fits.suspect(), Suspect::Ranges(r) if r.len() == MAX_SUSPECT_RANGES));
 }
+
+// ---- unconfirmed operations (what a takeover must reconcile) -------------------------------
+
+fn confirm(epoch: u64, below: u64) -> Vec<u8> {
+    encode(&Message::Confirm { epoch, below })
+}
+
+#[test]
+fn applied_writes_stay_unconfirmed_until_a_confirm_covers_them() {
+    let mut s = attached(4);
+    s.on_message(1, &write(4, 10, 0, 4096, false)).expect("w10");
+    s.on_message(1, &write(4, 11, 8192, 4096, false))
+        .expect("w11");
+    s.on_message(1, &write(4, 12, 65536, 512, false))
+        .expect("w12");
+    assert_eq!(
+        s.unconfirmed(),
+        Suspect::Ranges(vec![(0, 4096), (8192, 4096), (65536, 512)])
+    );
+    s.on_message(2, &confirm(4, 12)).expect("confirm");
+    assert_eq!(s.unconfirmed(), Suspect::Ranges(vec![(65536, 512)]));
+    s.on_message(3, &confirm(4, 13)).expect("confirm");
+    assert!(s.unconfirmed().is_none());
+}
+
+#[test]
+fn a_confirm_of_another_epoch_confirms_nothing() {
+    let mut s = attached(4);
+    s.on_message(1, &write(4, 10, 0, 4096, false)).expect("w10");
+    s.on_message(2, &confirm(3, 100))
+        .expect("old epoch ignored, not refused");
+    assert_eq!(s.unconfirmed(), Suspect::Ranges(vec![(0, 4096)]));
+}
+
+#[test]
+fn its_own_suspect_report_stays_unconfirmed_until_a_primary_confirms() {
+    let mut s = secondary(4).with_suspect_ranges(vec![(4096, 4096)]);
+    s.on_message(0, &encode(&hello(4))).expect("hello");
+    assert_eq!(s.unconfirmed(), Suspect::Ranges(vec![(4096, 4096)]));
+    s.on_message(1, &confirm(4, 1)).expect("confirm");
+    assert!(s.unconfirmed().is_none(), "the primary heard the report");
+}
+
+#[test]
+fn too_many_unconfirmed_operations_make_the_whole_leg_suspect() {
+    let mut s = attached(4);
+    for seq in 0..=crate::replication::MAX_UNCONFIRMED as u64 {
+        s.on_message(1, &write(4, seq + 1, 0, 512, false))
+            .expect("write");
+        // Keep the disk queue short: complete what was submitted.
+        for action in s.take_actions() {
+            if let SecondaryAction::Disk(op) = action {
+                s.disk_done(op.id, true).expect("done");
+            }
+        }
+    }
+    assert_eq!(s.unconfirmed(), Suspect::Everything);
+}
+
+#[test]
+fn a_new_primary_on_the_same_session_hears_what_the_old_one_left_unconfirmed() {
+    let mut s = attached(4);
+    s.on_message(1, &write(4, 10, 0, 4096, false)).expect("w10");
+    s.on_message(2, &confirm(4, 5)).expect("confirm");
+    s.set_epoch(5);
+    s.take_actions();
+    s.on_message(3, &encode(&hello(5)))
+        .expect("hello of the new primary");
+    let (sent, _, _) = split(s.take_actions());
+    let reported = sent.iter().find_map(|m| match m {
+        Message::HelloAck { suspect, .. } => Some(suspect.clone()),
+        _ => None,
+    });
+    assert_eq!(reported, Some(Suspect::Ranges(vec![(0, 4096)])));
+}

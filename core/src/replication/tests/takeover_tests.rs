@@ -317,3 +317,68 @@ fn ranges_marked_for_an_up_to_date_peer_are_resynced_in_step() {
         h.events
     );
 }
+
+// ---- three legs: the surviving secondaries may differ (simulator seed 1254) ----------------
+
+const C: LegId = 2;
+
+/// Primary A with secondaries B and C: a first write reaches both and is confirmed; a
+/// second reaches only B (A dies before sending it to C, never acknowledged). C takes over in
+/// the next epoch. `carry`: B's session hands what it left unconfirmed to its next session,
+/// as the shims do. Returns the new primary's world after the heal.
+fn takeover_by_c_after_a_write_only_b_has(carry: bool) -> Harness {
+    let peers = [(B, UP), (C, UP)];
+    let mut old = Harness::build(A, EPOCH, &peers, test_tuning(), |p| p);
+    old.connect_all();
+    old.settle();
+    old.write(0, GRAIN, false);
+    old.settle();
+    old.tick(10);
+    old.settle();
+    old.write(16 * GRAIN, GRAIN, false);
+    old.complete_primary(0, true);
+    assert!(old.deliver_to_secondary(0), "the write goes to B");
+    assert!(old.complete_secondary(0, 0, true), "B applies it");
+    let carried = old.legs[0].sec.unconfirmed();
+    assert_eq!(carried, Suspect::Ranges(vec![(16 * GRAIN, GRAIN)]));
+    assert_ne!(
+        old.legs[0].disk.data, old.legs[1].disk.data,
+        "B and C differ"
+    );
+
+    let peers = [(A, LegState::Outdated), (B, UP)];
+    let mut new = Harness::build(C, EPOCH + 1, &peers, test_tuning(), |mut primary| {
+        primary.track_from_now(A).expect("track from now");
+        primary
+    });
+    new.pdisk.data = old.legs[1].disk.data.clone();
+    new.legs[0].disk.data = old.pdisk.data.clone();
+    new.legs[1].disk.data = old.legs[0].disk.data.clone();
+    let ident = |leg: LegId| Ident {
+        cluster: CLUSTER,
+        volume: VOLUME,
+        node: Harness::node_of(leg),
+    };
+    new.legs[0].sec =
+        Secondary::new(ident(A), A, SIZE, EPOCH + 1).with_suspect_ranges(vec![(16 * GRAIN, GRAIN)]);
+    let b_report = if carry { carried } else { Suspect::none() };
+    new.legs[1].sec = Secondary::new(ident(B), B, SIZE, EPOCH + 1).with_suspect(b_report);
+    new.next_req = old.next_req;
+    new.heal();
+    new
+}
+
+#[test]
+fn after_a_takeover_a_secondary_reports_what_it_applied_unconfirmed_and_the_legs_converge() {
+    let new = takeover_by_c_after_a_write_only_b_has(true);
+    new.assert_identical();
+}
+
+#[test]
+fn without_that_report_the_surviving_legs_stay_different() {
+    let new = takeover_by_c_after_a_write_only_b_has(false);
+    assert_ne!(
+        new.legs[1].disk.data, new.pdisk.data,
+        "B keeps a write C never had, and nobody resyncs it"
+    );
+}
