@@ -285,6 +285,20 @@ pub struct VolumeStatus {
     pub legs: Vec<LegStatus>,
     /// Forced promotions, loudly kept: "epoch 3: node b forced onto leg 1 (was Outdated)".
     pub forced: Vec<String>,
+    /// Which legs each node reaches (a shared leg: several nodes; a dual array: a node
+    /// reaching several legs), in node order.
+    #[serde(default)]
+    pub reach: Vec<NodeReach>,
+}
+
+/// The legs one node reaches, and the one it writes itself as primary (the others it writes
+/// as peers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReach {
+    pub node: String,
+    pub legs: Vec<u32>,
+    /// The first UpToDate leg among them (`VolumeInfo::own_leg`), if any.
+    pub writes: Option<u32>,
 }
 
 /// One leg's line in a volume table.

@@ -92,9 +92,26 @@ pub struct VolumeInfo {
 }
 
 impl VolumeInfo {
-    /// The leg `node` reaches, if any.
+    /// The first leg `node` reaches, if any (a node may reach several: a dual array).
     pub fn leg_of(&self, node: NodeId) -> Option<&LegInfo> {
         self.legs.iter().find(|leg| leg.nodes.contains(&node))
+    }
+
+    /// Every leg `node` reaches, in leg order.
+    pub fn legs_of(&self, node: NodeId) -> impl Iterator<Item = &LegInfo> {
+        self.legs
+            .iter()
+            .filter(move |leg| leg.nodes.contains(&node))
+    }
+
+    /// The leg `node` writes as primary itself: the first UpToDate leg it reaches, else the
+    /// first leg it reaches (which a promotion then refuses, naming it). Deterministic, so the
+    /// promotion rule and the daemon agree on it; the other legs the node reaches are written
+    /// as peers, with the same rules as remote legs.
+    pub fn own_leg(&self, node: NodeId) -> Option<&LegInfo> {
+        self.legs_of(node)
+            .find(|leg| leg.state == LegState::UpToDate)
+            .or_else(|| self.leg_of(node))
     }
 
     pub fn leg(&self, id: LegId) -> Option<&LegInfo> {
@@ -222,25 +239,44 @@ pub fn check_new_volume(
     if legs.is_empty() || legs.len() > MAX_LEGS {
         return Err(VolumeError::LegCount(legs.len()));
     }
-    let mut seen_nodes = Vec::new();
     for (index, leg) in legs.iter().enumerate() {
-        let bad = |reason: String| VolumeError::BadLeg { leg: index, reason };
-        if leg.nodes.is_empty() {
-            return Err(bad("it names no node".into()));
+        check_leg(index, leg, &legs[..index], &node_exists)?;
+    }
+    Ok(())
+}
+
+/// One leg of a new volume, against the legs before it. A node may reach several legs (a dual
+/// array: two shared arrays, both attached to both servers), but not the same path twice: two
+/// legs on one disk would be no mirror at all.
+fn check_leg(
+    index: usize,
+    leg: &LegSpec,
+    earlier: &[LegSpec],
+    node_exists: impl Fn(NodeId) -> bool,
+) -> Result<(), VolumeError> {
+    let bad = |reason: String| VolumeError::BadLeg { leg: index, reason };
+    if leg.nodes.is_empty() {
+        return Err(bad("it names no node".into()));
+    }
+    if !leg.path.starts_with('/') || leg.path.contains('\0') {
+        return Err(bad(format!("path {:?} must be absolute", leg.path)));
+    }
+    for (position, node) in leg.nodes.iter().enumerate() {
+        if !node_exists(*node) {
+            return Err(bad(format!("node {node} is not a member")));
         }
-        if !leg.path.starts_with('/') || leg.path.contains('\0') {
-            return Err(bad(format!("path {:?} must be absolute", leg.path)));
+        if leg.nodes[..position].contains(node) {
+            return Err(bad(format!("node {node} is listed twice")));
         }
-        for node in &leg.nodes {
-            if !node_exists(*node) {
-                return Err(bad(format!("node {node} is not a member")));
-            }
-            if seen_nodes.contains(node) {
-                return Err(bad(format!(
-                    "node {node} already reaches another leg of this volume"
-                )));
-            }
-            seen_nodes.push(*node);
+        let same_disk = earlier
+            .iter()
+            .position(|other| other.path == leg.path && other.nodes.contains(node));
+        if let Some(other) = same_disk {
+            return Err(bad(format!(
+                "node {node} already reaches {} through leg {other}: two legs on one disk \
+                 mirror nothing",
+                leg.path
+            )));
         }
     }
     Ok(())
@@ -284,7 +320,7 @@ pub fn promote(
 ) -> Result<String, VolumeError> {
     let name = volume.name.clone();
     let leg = volume
-        .leg_of(node)
+        .own_leg(node)
         .ok_or(VolumeError::NoLegOnNode {
             volume: name.clone(),
             node,
@@ -436,15 +472,88 @@ mod tests {
             Err(VolumeError::BadLeg { leg: 1, .. })
         ));
         let mut twice = legs();
-        twice[1].nodes = vec![1];
-        assert!(matches!(
-            check_new_volume("db", 1 << 20, &twice, members),
-            Err(VolumeError::BadLeg { leg: 1, .. })
-        ));
+        twice[1].nodes = vec![2, 2];
+        let refused = check_new_volume("db", 1 << 20, &twice, members).unwrap_err();
+        assert!(refused.to_string().contains("listed twice"), "{refused}");
         let volume = volume();
         assert_eq!(volume.legs[0].state, LegState::UpToDate);
         assert_eq!(volume.legs[1].state, LegState::Inconsistent);
         assert_eq!(volume.leg_of(3).map(|leg| leg.id), Some(1));
+    }
+
+    fn dual_array() -> Vec<LegSpec> {
+        vec![
+            LegSpec {
+                nodes: vec![1, 2],
+                path: "/arrays/a".into(),
+            },
+            LegSpec {
+                nodes: vec![1, 2],
+                path: "/arrays/b".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_node_may_reach_several_legs_but_not_one_disk_twice() {
+        let members = |node: NodeId| node <= 3;
+        assert!(check_new_volume("db", 1 << 20, &dual_array(), members).is_ok());
+        let volume = new_volume(1, "db", 1 << 20, &dual_array());
+        let reached: Vec<LegId> = volume.legs_of(2).map(|leg| leg.id).collect();
+        assert_eq!(reached, vec![0, 1]);
+        let mut same_disk = dual_array();
+        same_disk[1].path = "/arrays/a".into();
+        same_disk[1].nodes = vec![3, 2];
+        let refused = check_new_volume("db", 1 << 20, &same_disk, members).unwrap_err();
+        assert!(
+            matches!(refused, VolumeError::BadLeg { leg: 1, .. })
+                && refused
+                    .to_string()
+                    .contains("node 2 already reaches /arrays/a through leg 0"),
+            "{refused}"
+        );
+        // The same path seen by other nodes only is another disk (a local path on each).
+        same_disk[1].nodes = vec![3];
+        assert!(check_new_volume("db", 1 << 20, &same_disk, members).is_ok());
+    }
+
+    #[test]
+    fn a_node_reaching_several_legs_writes_its_first_up_to_date_one() {
+        let mut volume = new_volume(1, "db", 1 << 20, &dual_array());
+        volume.legs[0].state = LegState::Outdated;
+        volume.legs[1].state = LegState::UpToDate;
+        assert_eq!(volume.own_leg(1).map(|leg| leg.id), Some(1));
+        assert_eq!(volume.own_leg(3).map(|leg| leg.id), None);
+        promote(&mut volume, 1, false, false).unwrap();
+        assert_eq!((volume.primary, volume.epoch), (Some(1), 1));
+        assert!(volume.forced.is_empty());
+        // Neither leg UpToDate: refused, naming the leg it would have written.
+        let mut stale = new_volume(1, "db", 1 << 20, &dual_array());
+        stale.legs[0].state = LegState::Outdated;
+        stale.legs[1].state = LegState::Inconsistent;
+        let refused = promote(&mut stale, 2, false, false).unwrap_err();
+        assert!(
+            refused.to_string().contains("leg 0 is Outdated"),
+            "{refused}"
+        );
+        assert_eq!((stale.primary, stale.epoch), (None, 0));
+    }
+
+    #[test]
+    fn a_dual_array_takeover_keeps_one_leg_and_outdates_the_other() {
+        let mut volume = new_volume(1, "db", 1 << 20, &dual_array());
+        promote(&mut volume, 1, false, false).unwrap();
+        set_leg_state(&mut volume, 1, LegState::UpToDate, 1).unwrap();
+        // Node 2 is not primary and node 1 is: a plain promotion is refused.
+        assert!(matches!(
+            promote(&mut volume, 2, false, false),
+            Err(VolumeError::InUse { node: 1, .. })
+        ));
+        promote(&mut volume, 2, false, true).unwrap();
+        assert_eq!((volume.primary, volume.epoch), (Some(2), 2));
+        assert_eq!(volume.legs[0].state, LegState::UpToDate);
+        assert_eq!(volume.legs[1].state, LegState::Outdated);
+        assert_eq!(volume.takeover_outdated, vec![1]);
     }
 
     #[test]

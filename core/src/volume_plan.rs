@@ -1,11 +1,11 @@
 //! What the volume commands mean: operator words (names) to committed changes (ids), and the
 //! volume status model. Kept apart from `node.rs` so the Raft node stays about Raft.
 
-use crate::command::{Command, LegRequest, LegStatus, Reply, VolumeStatus};
+use crate::command::{Command, LegRequest, LegStatus, NodeReach, Reply, VolumeStatus};
 use crate::ids::NodeId;
 use crate::node::Plan;
 use crate::state::{ClusterState, StateChange};
-use crate::volume::{LegSpec, VolumeChange, VolumeInfo};
+use crate::volume::{LegSpec, LegState, VolumeChange, VolumeInfo};
 
 /// The plan for a volume command, or `None` when `command` is not about volumes. `gone(node)`
 /// says whether a node is offline and its lease has lapsed, as this node sees it.
@@ -175,5 +175,68 @@ pub fn status(state: &ClusterState, volume: &VolumeInfo) -> VolumeStatus {
                 )
             })
             .collect(),
+        reach: reach(volume, name_of),
+    }
+}
+
+/// Which legs each node of `volume` reaches, and which one it writes itself as primary.
+fn reach(volume: &VolumeInfo, name_of: impl Fn(NodeId) -> String) -> Vec<NodeReach> {
+    let mut nodes: Vec<NodeId> = volume
+        .legs
+        .iter()
+        .flat_map(|leg| leg.nodes.iter().copied())
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
+        .into_iter()
+        .map(|node| NodeReach {
+            node: name_of(node),
+            legs: volume.legs_of(node).map(|leg| leg.id).collect(),
+            writes: volume
+                .own_leg(node)
+                .filter(|leg| leg.state == LegState::UpToDate)
+                .map(|leg| leg.id),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::new_volume;
+
+    #[test]
+    fn the_status_lists_the_legs_each_node_reaches_and_the_one_it_would_write() {
+        let legs = [
+            LegSpec {
+                nodes: vec![2, 1],
+                path: "/arrays/x".into(),
+            },
+            LegSpec {
+                nodes: vec![1, 2],
+                path: "/arrays/y".into(),
+            },
+            LegSpec {
+                nodes: vec![3],
+                path: "/dr/leg".into(),
+            },
+        ];
+        let mut volume = new_volume(1, "db", 1 << 20, &legs);
+        volume.legs[0].state = LegState::Outdated;
+        volume.legs[1].state = LegState::UpToDate;
+        let shown = reach(&volume, |id| format!("n{id}"));
+        let expected = [
+            ("n1", vec![0, 1], Some(1)),
+            ("n2", vec![0, 1], Some(1)),
+            ("n3", vec![2], None),
+        ];
+        assert_eq!(shown.len(), expected.len());
+        for (reach, (node, legs, writes)) in shown.iter().zip(expected) {
+            assert_eq!(
+                (reach.node.as_str(), &reach.legs, reach.writes),
+                (node, &legs, writes)
+            );
+        }
     }
 }

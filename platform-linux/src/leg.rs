@@ -228,7 +228,7 @@ fn fallocate(file: &File, mode: i32, offset: u64, length: u64) -> io::Result<()>
     }
 }
 
-fn block_device_size(file: &File) -> io::Result<u64> {
+pub(crate) fn block_device_size(file: &File) -> io::Result<u64> {
     use std::io::{Seek, SeekFrom};
     let mut handle = file.try_clone()?;
     handle.seek(SeekFrom::End(0))

@@ -141,6 +141,20 @@ fn volume_table(volumes: &[VolumeStatus]) -> String {
                 leg.path
             );
         }
+        if volume.legs.iter().any(|leg| leg.nodes.len() > 1) {
+            for reach in &volume.reach {
+                let legs: Vec<String> = reach.legs.iter().map(u32::to_string).collect();
+                let writes = reach.writes.map_or("no UpToDate leg".to_string(), |leg| {
+                    format!("writes leg {leg}")
+                });
+                let _ = writeln!(
+                    out,
+                    "  node {} reaches legs {} (as primary: {writes})",
+                    reach.node,
+                    legs.join(",")
+                );
+            }
+        }
         for forced in &volume.forced {
             let _ = writeln!(out, "  FORCED PROMOTION: {forced}");
         }

@@ -27,9 +27,9 @@ use tokio::task::JoinSet;
 use crate::disk_ring::{DiskDone, DiskRing, RingReader};
 use crate::fuse_export::FuseExport;
 use crate::leg::Leg;
-use crate::meta_store::MetaStore;
+use crate::meta_store::{clip_ranges, MetaLocation, MetaStore};
 use crate::nbd_serve::NbdFrontend;
-use crate::repl_secondary::read_frames;
+use crate::repl_secondary::{self, read_frames, SessionSpec};
 use crate::transport::{self, PeerAddress};
 use crate::volume_io::VolumeIo;
 
@@ -118,6 +118,9 @@ pub struct PeerTarget {
     pub leg: LegId,
     pub node: NodeId,
     pub address: PeerAddress,
+    /// The other nodes that reach the leg (a shared array), tried in turn while the one in
+    /// use cannot be reached: a shared leg outlives any one of its servers.
+    pub others: Vec<(NodeId, PeerAddress)>,
 }
 
 /// Each peer leg's replication as the engine last saw it, for `volume show`.
@@ -201,9 +204,11 @@ pub struct PrimarySetup {
     /// Legs this epoch's takeover outdated (see `VolumeInfo::takeover_outdated`).
     pub takeover_legs: Vec<LegId>,
     pub leg_path: std::path::PathBuf,
-    pub meta_path: std::path::PathBuf,
+    pub meta: MetaLocation,
     pub size: u64,
     pub peers: Vec<PeerTarget>,
+    /// Other legs this node reaches (a dual array), each written by a secondary engine here.
+    pub local_peers: Vec<SessionSpec>,
     pub context: EngineContext,
     pub socket: std::path::PathBuf,
     /// Where the FUSE images are mounted (`<state-dir>/images`).
@@ -229,6 +234,7 @@ pub async fn run_primary(
     receiver: mpsc::Receiver<EngineInput>,
 ) {
     let exclusive = setup.leg_lock.clone().lock_owned().await;
+    let _flush = FlushOnEnd(setup.leg_path.clone());
     let (leg, primary, keeper) = match prepare(&setup, primary) {
         Ok(prepared) => prepared,
         Err(error) => return tracing::error!("volume {}: cannot be primary: {error}", setup.name),
@@ -240,7 +246,11 @@ pub async fn run_primary(
     };
     let mut dialers = JoinSet::new();
     let context = &setup.context;
-    let peer_legs: Vec<LegId> = setup.peers.iter().map(|peer| peer.leg).collect();
+    let mut peer_legs: Vec<LegId> = setup.peers.iter().map(|peer| peer.leg).collect();
+    peer_legs.extend(setup.local_peers.iter().map(|spec| spec.leg));
+    for spec in setup.local_peers {
+        dialers.spawn(link_local(spec, inputs.clone()));
+    }
     for peer in setup.peers {
         let identity = (context.cluster, context.me, context.volume);
         dialers.spawn(dial_peer(
@@ -715,7 +725,7 @@ fn prepare(
         volume: context.volume,
         leg: setup.my_leg,
     };
-    let store = MetaStore::open(&setup.meta_path, expect, setup.size).map_err(|e| e.to_string())?;
+    let store = MetaStore::open(&setup.meta, expect, setup.size).map_err(|e| e.to_string())?;
     let leg = Arc::new(Leg::open(&setup.leg_path, setup.size).map_err(|e| e.to_string())?);
     let holes = leg.holes(tandem_core::replication::MAX_SKIP_RANGES);
     if let Err(error) = primary.set_skip_ranges(&holes) {
@@ -724,14 +734,17 @@ fn prepare(
             setup.name
         );
     }
-    let peers: Vec<(LegId, NodeId)> = setup.peers.iter().map(|p| (p.leg, p.node)).collect();
+    // Every peer leg, remote or local (a dual array's other legs): each gets a bitmap slot
+    // and, after a crash, the hot extents.
+    let mut peers: Vec<(LegId, NodeId)> = setup.peers.iter().map(|p| (p.leg, p.node)).collect();
+    peers.extend(setup.local_peers.iter().map(|s| (s.leg, context.me)));
     if store.superblock().last_epoch < primary.epoch() {
         // The first run of a takeover epoch: the outdated legs had everything until now.
         for &leg in &setup.takeover_legs {
             primary.track_from_now(leg).map_err(|e| e.to_string())?;
         }
     }
-    let keeper = BitmapKeeper::open(store, &peers, &mut primary, &setup.name)?;
+    let keeper = BitmapKeeper::open(store, &peers, &mut primary, setup)?;
     let unconfirmed = match crate::repl_secondary::take_carried(&setup.carried) {
         Suspect::Everything => vec![(0, setup.size)],
         Suspect::Ranges(ranges) => ranges,
@@ -740,7 +753,8 @@ fn prepare(
         // Writes this leg applied as a secondary that the old primary never confirmed: the
         // other surviving legs may lack them (or have them while this leg does not).
         let what = "ranges applied unconfirmed under the old primary";
-        resync_to_up_to_date_peers(&mut primary, &peers, &unconfirmed, &setup.name, what)?;
+        let marks = (&unconfirmed[..], &setup.takeover_legs[..]);
+        resync_to_up_to_date_peers(&mut primary, &peers, marks, &setup.name, what)?;
     }
     Ok((leg, primary, keeper))
 }
@@ -750,11 +764,13 @@ fn prepare(
 /// acknowledged write). Two sources, named by `what`: after a crash as primary, the activity
 /// log's hot extents (peers that were behind get a full resync, since their bitmaps on disk
 /// are not trusted after a crash); after serving as a secondary, what the old primary never
-/// confirmed (`repl_secondary::Carried`).
+/// confirmed (`repl_secondary::Carried`). A leg this epoch's takeover outdated is tracked from
+/// now, so it gets those ranges too: with a shared leg taken over (a dual array), the crashed
+/// primary may have written them to it unacknowledged.
 fn resync_to_up_to_date_peers(
     primary: &mut Primary,
     peers: &[(LegId, NodeId)],
-    hot: &[(u64, u64)],
+    (hot, takeover): (&[(u64, u64)], &[LegId]),
     name: &str,
     what: &str,
 ) -> Result<(), String> {
@@ -763,7 +779,7 @@ fn resync_to_up_to_date_peers(
         let up_to_date = primary
             .peer_status(leg)
             .is_some_and(|peer| peer.committed == LegState::UpToDate);
-        if up_to_date && !hot.is_empty() {
+        if (up_to_date || takeover.contains(&leg)) && !hot.is_empty() {
             tracing::warn!("volume {name}: resyncing {hot_bytes} bytes of {what} to leg {leg}");
             primary
                 .mark_out_of_sync(leg, hot)
@@ -788,14 +804,16 @@ impl BitmapKeeper {
         mut store: MetaStore,
         peers: &[(LegId, NodeId)],
         primary: &mut Primary,
-        name: &str,
+        setup: &PrimarySetup,
     ) -> Result<BitmapKeeper, String> {
+        let name = &setup.name;
         let crashed = store.superblock().primary_open;
         let recovered = store.read_activity_log().map_err(|e| e.to_string())?;
         if crashed {
-            tracing::warn!("volume {name}: the last primary run here did not stop cleanly");
-            let hot = recovered.resync_ranges();
-            resync_to_up_to_date_peers(primary, peers, &hot, name, "hot extents")?;
+            tracing::warn!("volume {name}: the last primary run on this leg did not stop cleanly");
+            let hot = clip_ranges(&recovered.resync_ranges(), setup.size);
+            let marks = (&hot[..], &setup.takeover_legs[..]);
+            resync_to_up_to_date_peers(primary, peers, marks, name, "hot extents")?;
         }
         let activity = ActivityLog::resume(&recovered);
         let mut slots = Vec::new();
@@ -941,38 +959,99 @@ fn start_image(images: &std::path::Path, name: &str, io: Arc<dyn VolumeIo>) -> I
     }
 }
 
-/// Keeps one replication stream to a peer leg open, reconnecting with backoff.
+/// Keeps one replication stream to a peer leg open, reconnecting with backoff. A node that
+/// cannot be reached is given up for the next one that reaches the leg (only a failed dial
+/// moves on: after a link breaks, its node is dialed again first).
 async fn dial_peer(
     peer: PeerTarget,
     engine: mpsc::Sender<EngineInput>,
     tls: Arc<rustls::ClientConfig>,
     (cluster, me, volume): (ClusterId, NodeId, VolumeId),
 ) {
+    let leg = peer.leg;
+    let mut reach = vec![(peer.node, peer.address)];
+    reach.extend(peer.others);
+    let mut at = 0;
     let mut backoff = Duration::from_millis(100);
     for generation in 1.. {
+        let (node, address) = &reach[at % reach.len()];
         let opened =
-            transport::open_replication(&peer.address, tls.clone(), cluster, me, peer.node, volume)
-                .await;
+            transport::open_replication(address, tls.clone(), cluster, me, *node, volume).await;
         let stream = match opened {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::debug!(
-                    "volume {volume}: cannot reach leg {} on {}: {error}",
-                    peer.leg,
-                    peer.address.name
+                    "volume {volume}: cannot reach leg {leg} on {}: {error}",
+                    address.name
                 );
+                at += 1;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
         backoff = Duration::from_millis(100);
-        let leg = peer.leg;
-        if !carry_link(leg, generation, stream, &engine, &peer.address.name).await {
+        if !carry_link(leg, generation, stream, &engine, &address.name).await {
             return;
         }
         let _ = engine.send(EngineInput::PeerDown { leg, generation }).await;
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Buffer of the in-memory link to a local leg (frames larger than this are carried in parts).
+const LOCAL_LINK_BUFFER: usize = 4 << 20;
+
+/// Keeps the link to another leg this node reaches (a dual array): a secondary engine on that
+/// leg, in this daemon, fed the very frames a remote leg gets over TLS through an in-memory
+/// stream. So a local leg follows the rules of a remote one: a write is acknowledged when it
+/// has it, a failed leg is frozen and committed Outdated, then resynced; verify compares it.
+async fn link_local(spec: SessionSpec, engine: mpsc::Sender<EngineInput>) {
+    let _flush = FlushOnEnd(spec.leg_path.clone());
+    let leg = spec.leg;
+    let mut backoff = Duration::from_millis(100);
+    for generation in 1.. {
+        let (ours, theirs) = tokio::io::duplex(LOCAL_LINK_BUFFER);
+        let secondary = repl_secondary::run(spec.clone(), Box::new(theirs));
+        let name = format!("this node ({})", spec.leg_path.display());
+        let carried = carry_link(leg, generation, Box::new(ours), &engine, &name);
+        let began = Instant::now();
+        let ((), alive) = tokio::join!(secondary, carried);
+        if !alive || engine.is_closed() {
+            return;
+        }
+        let _ = engine.send(EngineInput::PeerDown { leg, generation }).await;
+        // A link that ran a while ended for a reason of its own: retry soon. One that ends
+        // at once (the leg or its metadata refused) backs off up to 2 s between attempts.
+        if began.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Flushes a leg when a role on it ends in any way, an abort (demotion, new epoch) included:
+/// with a shared array the next writer may be another server, reading the array itself, and
+/// it must find every write this one accepted there rather than in this host's page cache.
+struct FlushOnEnd(std::path::PathBuf);
+
+impl Drop for FlushOnEnd {
+    fn drop(&mut self) {
+        let path = self.0.clone();
+        let flush = move || {
+            let synced = std::fs::File::open(&path).and_then(|file| file.sync_data());
+            if let Err(error) = synced {
+                tracing::warn!(
+                    "leg {}: flush at the end of a role: {error}",
+                    path.display()
+                );
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(flush)),
+            Err(_) => flush(),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::disk_ring::{DiskDone, DiskRing, RingStopped};
 use crate::leg::Leg;
-use crate::meta_store::MetaStore;
+use crate::meta_store::{clip_ranges, MetaLocation, MetaStore};
 use crate::transport::ByteStream;
 
 /// Bound on action rounds after one input (each disk completion may release more work).
@@ -54,18 +54,21 @@ impl Drop for CarryOnDrop {
     fn drop(&mut self) {
         let unconfirmed = self.secondary.unconfirmed();
         if let Ok(mut carried) = self.carried.lock() {
-            *carried = unconfirmed;
+            // A union: with a dual array, sessions on two legs of one volume may both end
+            // before the next primary or session takes what they left.
+            *carried = std::mem::take(&mut *carried).union(unconfirmed);
         }
     }
 }
 
 /// What a session needs to start.
+#[derive(Clone)]
 pub struct SessionSpec {
     pub ident: Ident,
     pub leg: LegId,
     pub leg_path: PathBuf,
-    /// The leg's metadata file (identity checked before the leg is touched).
-    pub meta_path: PathBuf,
+    /// Where the leg's metadata lives (identity checked before the leg is touched).
+    pub meta: MetaLocation,
     pub size: u64,
     pub epoch: watch::Receiver<u64>,
     pub leg_lock: Arc<Mutex<()>>,
@@ -81,11 +84,11 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
         volume: spec.ident.volume,
         leg: spec.leg,
     };
-    let store = match MetaStore::open(&spec.meta_path, expect, spec.size) {
+    let store = match MetaStore::open(&spec.meta, expect, spec.size) {
         Ok(store) => store,
         Err(error) => return tracing::error!("replication from {} refused: {error}", spec.peer),
     };
-    let suspect = suspect_ranges(&store).union(take_carried(&spec.carried));
+    let suspect = suspect_ranges(&store, spec.size).union(take_carried(&spec.carried));
     let leg = match Leg::open(&spec.leg_path, spec.size) {
         Ok(leg) => Arc::new(leg),
         Err(error) => {
@@ -178,12 +181,12 @@ async fn catch_up_epoch(bytes: &[u8], epoch: &mut watch::Receiver<u64>, secondar
 
 /// What this leg may hold that no other leg has: if this node crashed while primary, the
 /// activity log's hot extents (sent in the HelloAck, so the new primary resyncs them too).
-fn suspect_ranges(store: &MetaStore) -> Suspect {
+fn suspect_ranges(store: &MetaStore, size: u64) -> Suspect {
     if !store.superblock().primary_open {
         return Suspect::none();
     }
     match store.read_activity_log() {
-        Ok(recovered) => Suspect::Ranges(recovered.resync_ranges()),
+        Ok(recovered) => Suspect::Ranges(clip_ranges(&recovered.resync_ranges(), size)),
         Err(error) => {
             tracing::warn!("{error}; the whole leg is suspect");
             Suspect::Everything

@@ -19,7 +19,7 @@ use tandem_core::{ClusterId, ClusterState, NodeId, StateChange};
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
-use crate::meta_store::MetaStore;
+use crate::meta_store::{MetaLocation, MetaStore};
 use crate::repl_primary::{self, EngineContext, EngineInput, PeerTarget, PrimarySetup, SyncBoard};
 use crate::repl_secondary::{self, Carried, SessionSpec};
 use crate::transport::{ByteStream, PeerAddress};
@@ -30,9 +30,15 @@ const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Out-of-sync bitmap grain (see `legmeta`: 4 KiB, as DRBD).
 const BITMAP_GRAIN: u64 = 4096;
 
+/// A primary's peer legs: the core's view of each, the remote ones' dial targets, the local
+/// ones' secondary engine specs.
+type PeerLegs = (Vec<PeerLeg>, Vec<PeerTarget>, Vec<SessionSpec>);
+
 /// A volume this node is primary of.
 struct Hosted {
     epoch: u64,
+    /// The leg the engine writes itself (the others it reaches are written as peers).
+    my_leg: LegId,
     task: Option<JoinHandle<()>>,
     inputs: mpsc::Sender<EngineInput>,
     /// Leg states last reported to the engine, with the leg's commit count then.
@@ -65,11 +71,12 @@ pub struct VolumeHost {
     hosted: BTreeMap<VolumeId, Hosted>,
     sessions: BTreeMap<VolumeId, JoinHandle<()>>,
     epochs: BTreeMap<VolumeId, watch::Sender<u64>>,
-    leg_locks: BTreeMap<VolumeId, Arc<Mutex<()>>>,
+    /// One lock per leg: a dual-array primary writes two legs of one volume at once.
+    leg_locks: BTreeMap<(VolumeId, LegId), Arc<Mutex<()>>>,
     /// Demoted primaries still draining (they hold their leg lock until done).
     draining: Vec<JoinHandle<()>>,
-    /// (volume, epoch) whose crash mark on this node's leg was checked since it is UpToDate.
-    marks_checked: std::collections::BTreeSet<(VolumeId, u64)>,
+    /// (volume, epoch, leg) whose crash mark on a leg here was checked since it is UpToDate.
+    marks_checked: std::collections::BTreeSet<(VolumeId, u64, LegId)>,
     /// What ended secondary sessions left unconfirmed, per volume.
     carried: BTreeMap<VolumeId, Carried>,
 }
@@ -105,8 +112,8 @@ impl VolumeHost {
         self.carried.entry(volume).or_default().clone()
     }
 
-    fn leg_lock(&mut self, volume: VolumeId) -> Arc<Mutex<()>> {
-        self.leg_locks.entry(volume).or_default().clone()
+    fn leg_lock(&mut self, volume: VolumeId, leg: LegId) -> Arc<Mutex<()>> {
+        self.leg_locks.entry((volume, leg)).or_default().clone()
     }
 
     /// Starts, stops and informs primaries and secondaries to match `state`.
@@ -169,32 +176,9 @@ impl VolumeHost {
         volume: &VolumeInfo,
     ) -> Result<Hosted, String> {
         let me = self.context.me;
-        let my_leg = volume.leg_of(me).ok_or("this node reaches no leg of it")?;
-        let mut peers = Vec::new();
-        let mut targets = Vec::new();
-        for leg in volume.legs.iter().filter(|leg| leg.id != my_leg.id) {
-            let Some(node) = leg.nodes.iter().copied().find(|&node| node != me) else {
-                continue;
-            };
-            let info = state
-                .nodes
-                .get(&node)
-                .ok_or_else(|| format!("leg {} names unknown node {node}", leg.id))?;
-            peers.push(PeerLeg {
-                leg: leg.id,
-                node,
-                state: leg.state,
-            });
-            let address = PeerAddress {
-                name: info.name.clone(),
-                addr: info.addr.clone(),
-            };
-            targets.push(PeerTarget {
-                leg: leg.id,
-                node,
-                address,
-            });
-        }
+        let own = volume.own_leg(me).ok_or("this node reaches no leg of it")?;
+        let my_leg = own.id;
+        let (peers, targets, local) = self.peer_legs(state, volume, my_leg)?;
         let ident = Ident {
             cluster: self.context.cluster,
             volume: volume.id,
@@ -202,7 +186,7 @@ impl VolumeHost {
         };
         let primary = Primary::new(
             ident,
-            my_leg.id,
+            my_leg,
             volume.size,
             volume.epoch,
             peers,
@@ -220,17 +204,18 @@ impl VolumeHost {
             lease: self.context.lease.clone(),
         };
         let setup = PrimarySetup {
-            my_leg: my_leg.id,
+            my_leg,
             takeover_legs: volume.takeover_outdated.clone(),
-            leg_path: PathBuf::from(&my_leg.path),
-            meta_path: MetaStore::path_for(&self.context.state_dir, volume.id, my_leg.id),
+            leg_path: PathBuf::from(&own.path),
+            meta: MetaLocation::for_leg(&self.context.state_dir, volume.id, own),
             size: volume.size,
             peers: targets,
+            local_peers: local,
             context,
             socket: Self::socket_path(&self.context.state_dir, &volume.name),
             images: self.context.state_dir.join("images"),
             name: volume.name.clone(),
-            leg_lock: self.leg_lock(volume.id),
+            leg_lock: self.leg_lock(volume.id, my_leg),
             carried: self.carried(volume.id),
         };
         let (inputs, receiver) = repl_primary::engine_channel();
@@ -247,6 +232,7 @@ impl VolumeHost {
             .collect();
         Ok(Hosted {
             epoch: volume.epoch,
+            my_leg,
             task: Some(task),
             inputs,
             reported,
@@ -254,45 +240,60 @@ impl VolumeHost {
         })
     }
 
+    /// The legs a primary writing `my_leg` replicates to: the core's view of each, the remote
+    /// ones' dial targets, and the specs of the local ones' secondary engines.
+    fn peer_legs(
+        &mut self,
+        state: &ClusterState,
+        volume: &VolumeInfo,
+        my_leg: LegId,
+    ) -> Result<PeerLegs, String> {
+        let me = self.context.me;
+        let (mut peers, mut targets, mut local) = (Vec::new(), Vec::new(), Vec::new());
+        for leg in volume.legs.iter().filter(|leg| leg.id != my_leg) {
+            if leg.nodes.contains(&me) {
+                // Another leg this node reaches (a dual array): written by a secondary engine
+                // in this daemon, over an in-memory link.
+                peers.push(PeerLeg {
+                    leg: leg.id,
+                    node: me,
+                    state: leg.state,
+                });
+                local.push(self.session_spec(volume, leg, "this node (local leg)")?);
+            } else if let Some((peer, target)) = remote_target(state, leg)? {
+                peers.push(peer);
+                targets.push(target);
+            }
+        }
+        Ok((peers, targets, local))
+    }
+
     /// A leg this node wrote as primary before a crash keeps `primary_open` (so its hot extents
     /// are reported as suspect) until the cluster commits it UpToDate again under another
-    /// primary: then the resync is done and the mark is cleared.
+    /// primary: then the resync is done and the mark is cleared. A shared leg's mark is in the
+    /// leg itself: a leg the current primary reaches is left to that primary (it may be the
+    /// leg it writes, whose mark is its own), which clears the marks of its other legs here.
     fn clear_crash_marks(&mut self, state: &ClusterState) {
         let me = self.context.me;
-        for volume in state
-            .volumes
-            .values()
-            .filter(|v| v.primary.is_some_and(|p| p != me))
-        {
-            let Some(leg) = volume
-                .leg_of(me)
-                .filter(|leg| leg.state == LegState::UpToDate)
-            else {
+        for volume in state.volumes.values() {
+            let Some(primary) = volume.primary else {
                 continue;
             };
-            if !self.marks_checked.insert((volume.id, volume.epoch)) {
-                continue;
-            }
-            let path = MetaStore::path_for(&self.context.state_dir, volume.id, leg.id);
-            let expect = Expectation {
-                cluster: self.context.cluster,
-                volume: volume.id,
-                leg: leg.id,
-            };
-            let cleared = tokio::task::block_in_place(|| {
-                let mut store = MetaStore::open(&path, expect, volume.size)?;
-                if store.superblock().primary_open {
-                    store.set_primary_open(false, volume.epoch)?;
-                    tracing::info!(
-                        "volume {}: leg {} resynced after this node's crash as primary",
-                        volume.name,
-                        leg.id
-                    );
+            let own = self.hosted.get(&volume.id).map(|hosted| hosted.my_leg);
+            for leg in volume.legs_of(me) {
+                let primarys_own = if primary == me {
+                    own.is_none_or(|own| own == leg.id)
+                } else {
+                    leg.nodes.contains(&primary)
+                };
+                if leg.state != LegState::UpToDate || primarys_own {
+                    continue;
                 }
-                Ok::<(), crate::meta_store::MetaStoreError>(())
-            });
-            if let Err(error) = cleared {
-                tracing::warn!("{error}");
+                if !self.marks_checked.insert((volume.id, volume.epoch, leg.id)) {
+                    continue;
+                }
+                let location = MetaLocation::for_leg(&self.context.state_dir, volume.id, leg);
+                clear_crash_mark(self.context.cluster, volume, leg.id, &location);
             }
         }
     }
@@ -348,6 +349,36 @@ impl VolumeHost {
         }
     }
 
+    /// What a secondary engine on this node's `leg` of `volume` needs, for a stream from
+    /// `peer` (a remote primary, or this node's own primary engine for a dual array).
+    fn session_spec(
+        &mut self,
+        volume: &VolumeInfo,
+        leg: &tandem_core::volume::LegInfo,
+        peer: &str,
+    ) -> Result<SessionSpec, String> {
+        let epoch = self
+            .epochs
+            .get(&volume.id)
+            .ok_or("the volume's epoch is not followed here yet")?
+            .subscribe();
+        Ok(SessionSpec {
+            ident: Ident {
+                cluster: self.context.cluster,
+                volume: volume.id,
+                node: self.context.me,
+            },
+            leg: leg.id,
+            leg_path: PathBuf::from(&leg.path),
+            meta: MetaLocation::for_leg(&self.context.state_dir, volume.id, leg),
+            size: volume.size,
+            epoch,
+            leg_lock: self.leg_lock(volume.id, leg.id),
+            peer: peer.to_string(),
+            carried: self.carried(volume.id),
+        })
+    }
+
     /// A primary opened a replication stream to this node for `volume`.
     pub fn accept_replication(
         &mut self,
@@ -363,39 +394,86 @@ impl VolumeHost {
                 "replication stream from {peer} for unknown volume {volume}; dropped"
             );
         };
-        let Some(leg) = info.leg_of(me) else {
+        // The primary dials a node only for legs it does not reach itself.
+        let Some(leg) = info.legs_of(me).find(|leg| !leg.nodes.contains(&from)) else {
             return tracing::warn!(
-                "replication stream from {peer} for volume {}: no leg here; dropped",
+                "replication stream from {peer} for volume {}: no leg here it does not reach \
+                 itself; dropped",
                 info.name
             );
         };
         if info.primary == Some(me) {
             return tracing::warn!("replication stream from {peer} (node {from}) for volume {}: this node is its primary; dropped", info.name);
         }
-        let epoch = match self.epochs.get(&volume) {
-            Some(sender) => sender.subscribe(),
-            None => return,
-        };
-        let spec = SessionSpec {
-            ident: Ident {
-                cluster: self.context.cluster,
-                volume,
-                node: me,
-            },
-            leg: leg.id,
-            leg_path: PathBuf::from(&leg.path),
-            meta_path: MetaStore::path_for(&self.context.state_dir, volume, leg.id),
-            size: info.size,
-            epoch,
-            leg_lock: self.leg_lock(volume),
-            peer: peer.to_string(),
-            carried: self.carried(volume),
+        let leg = leg.clone();
+        let spec = match self.session_spec(info, &leg, peer) {
+            Ok(spec) => spec,
+            Err(error) => return tracing::warn!("replication stream from {peer}: {error}"),
         };
         if let Some(old) = self.sessions.remove(&volume) {
             old.abort();
         }
         self.sessions
             .insert(volume, tokio::spawn(repl_secondary::run(spec, stream)));
+    }
+}
+
+/// A leg of other nodes: the core's view of it and where its dialer finds it (its first
+/// node, then the others that reach it).
+fn remote_target(
+    state: &ClusterState,
+    leg: &tandem_core::volume::LegInfo,
+) -> Result<Option<(PeerLeg, PeerTarget)>, String> {
+    let mut reach = Vec::new();
+    for &node in &leg.nodes {
+        let info = state
+            .nodes
+            .get(&node)
+            .ok_or_else(|| format!("leg {} names unknown node {node}", leg.id))?;
+        let address = PeerAddress {
+            name: info.name.clone(),
+            addr: info.addr.clone(),
+        };
+        reach.push((node, address));
+    }
+    let mut reach = reach.into_iter();
+    let Some((node, address)) = reach.next() else {
+        return Ok(None);
+    };
+    let peer = PeerLeg {
+        leg: leg.id,
+        node,
+        state: leg.state,
+    };
+    let target = PeerTarget {
+        leg: leg.id,
+        node,
+        address,
+        others: reach.collect(),
+    };
+    Ok(Some((peer, target)))
+}
+
+/// Clears a leg's crash mark (`primary_open`) once its resync is done.
+fn clear_crash_mark(cluster: ClusterId, volume: &VolumeInfo, leg: LegId, location: &MetaLocation) {
+    let expect = Expectation {
+        cluster,
+        volume: volume.id,
+        leg,
+    };
+    let cleared = tokio::task::block_in_place(|| {
+        let mut store = MetaStore::open(location, expect, volume.size)?;
+        if store.superblock().primary_open {
+            store.set_primary_open(false, volume.epoch)?;
+            tracing::info!(
+                "volume {}: leg {leg} resynced after a crash of its primary",
+                volume.name
+            );
+        }
+        Ok::<(), crate::meta_store::MetaStoreError>(())
+    });
+    if let Err(error) = cleared {
+        tracing::warn!("{error}");
     }
 }
 

@@ -53,6 +53,13 @@
 //! | AL extent | [`DEFAULT_EXTENT_SIZE`] 4 MiB | one metadata flush per 4 MiB of sequential writes |
 //! | AL slots | [`DEFAULT_AL_SLOTS`] 1237 | ≤ 4.83 GiB resynced after a primary crash (~5 s at 10 GbE) |
 //! | peer slots | [`DEFAULT_MAX_PEERS`] 3 | room for a 4-leg volume |
+//! | placement, leg one node reaches | [`Placement::Sidecar`] | the whole device is data (a disk sized for the volume just works); only that node ever opens the leg |
+//! | placement, leg several nodes reach | [`Placement::Internal`] | the node taking the leg over after a crash must see the crash flag and activity log the last writer left; a sidecar would sit in the crashed node's state dir |
+//!
+//! The placement is not stored anywhere but derived from the committed state (how many nodes
+//! reach the leg), so every node looks in the same place. The shim (`meta_store.rs`) sizes an
+//! internal layout so its data area is exactly the volume: a leg file is grown to that size, a
+//! block device smaller than it is refused naming both sizes.
 
 mod activity_log;
 mod bitmap;
