@@ -22,7 +22,12 @@ fn library(file: &str) -> Scenario {
 fn passes(scenario: &Scenario, tag: &str) -> RealReport {
     let report = run(scenario, tag, true);
     eprintln!("{}\n{}", report.name, report.table());
-    assert!(report.skipped.is_none(), "{}: skipped: {:?}", report.name, report.skipped);
+    assert!(
+        report.skipped.is_none(),
+        "{}: skipped: {:?}",
+        report.name,
+        report.skipped
+    );
     assert!(report.passed(), "{}", report.failures().join("\n"));
     report
 }
@@ -78,7 +83,11 @@ check = "no_lost_writes"
     let scenario = tandem_harness::parse("wrong-node.toml", text).expect("a valid scenario");
     let report = run(&scenario, "scwrong", true);
     eprintln!("{}", report.table());
-    assert!(!report.passed(), "a wrong expectation passed:\n{}", report.table());
+    assert!(
+        !report.passed(),
+        "a wrong expectation passed:\n{}",
+        report.table()
+    );
     let failures = report.failures();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
@@ -97,5 +106,7 @@ fn a_scenario_with_a_simulator_only_step_is_skipped() {
     let why = report.skipped.as_deref().unwrap_or_default();
     assert!(why.contains("step 1 is simulator only"), "{why}");
     assert!(report.rows.is_empty());
-    assert!(report.table().contains("simulator only: a real slow disk needs dm-delay"));
+    assert!(report
+        .table()
+        .contains("simulator only: a real slow disk needs dm-delay"));
 }

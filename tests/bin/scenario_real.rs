@@ -49,8 +49,12 @@ fn main() -> ExitCode {
                 failed |= !report.passed();
                 match (&report.skipped, report.passed()) {
                     (Some(why), _) => format!("SKIP  {}: {why}", report.name),
-                    (None, true) => format!("PASS  {} ({:.0} s)", report.name, report.wall.as_secs_f64()),
-                    (None, false) => format!("FAIL  {}: {}", report.name, report.failures().join("; ")),
+                    (None, true) => {
+                        format!("PASS  {} ({:.0} s)", report.name, report.wall.as_secs_f64())
+                    }
+                    (None, false) => {
+                        format!("FAIL  {}: {}", report.name, report.failures().join("; "))
+                    }
                 }
             }
             Err(_) => {

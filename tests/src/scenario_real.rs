@@ -90,14 +90,23 @@ impl RealReport {
     /// `scenario NAME: expectation WHAT: DETAIL` for every failed row.
     pub fn failures(&self) -> Vec<String> {
         (self.rows.iter().filter(|row| !row.pass))
-            .map(|row| format!("scenario {}: expectation \"{}\" failed: {}", self.name, row.what, row.detail))
+            .map(|row| {
+                format!(
+                    "scenario {}: expectation \"{}\" failed: {}",
+                    self.name, row.what, row.detail
+                )
+            })
             .collect()
     }
 
     /// The steps table and the pass/fail table.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{:>8}  {:>8}  {:<4}  {:<32}  outcome", "planned", "actual", "step", "what");
+        let _ = writeln!(
+            out,
+            "{:>8}  {:>8}  {:<4}  {:<32}  outcome",
+            "planned", "actual", "step", "what"
+        );
         for step in &self.steps {
             let actual = step.actual_ms.map_or_else(|| "-".to_string(), fmt_ms);
             let _ = writeln!(
@@ -113,7 +122,12 @@ impl RealReport {
             let _ = writeln!(out, "SKIPPED on real hosts: {why}");
             return out;
         }
-        let width = self.rows.iter().map(|row| row.what.len()).max().unwrap_or(0);
+        let width = self
+            .rows
+            .iter()
+            .map(|row| row.what.len())
+            .max()
+            .unwrap_or(0);
         let _ = writeln!(out, "\n{:<width$}  result  detail", "expectation");
         for row in &self.rows {
             let result = if row.pass { "PASS" } else { "FAIL" };
@@ -159,8 +173,10 @@ pub fn run(scenario: &Scenario, tag: &str, echo: bool) -> RealReport {
                 actual_ms: None,
                 step: s.number,
                 what: describe(s),
-                outcome: (unsupported.iter().find(|(n, _)| *n == s.number))
-                    .map_or_else(|| "not run (scenario skipped)".into(), |(_, why)| why.clone()),
+                outcome: (unsupported.iter().find(|(n, _)| *n == s.number)).map_or_else(
+                    || "not run (scenario skipped)".into(),
+                    |(_, why)| why.clone(),
+                ),
             })
             .collect();
         report.skipped = Some(format!(
@@ -193,7 +209,8 @@ fn home_nodes(scenario: &Scenario) -> Vec<(String, String)> {
 fn settled(sample: &Sample) -> bool {
     let groups = (sample.groups.values()).all(|g| g.full.len() == 1 && g.runs_only_on(&g.full[0]));
     let legs = !sample.legs.is_empty()
-        && (sample.legs.values()).all(|legs| !legs.is_empty() && legs.iter().all(|l| l.state == "UpToDate"));
+        && (sample.legs.values())
+            .all(|legs| !legs.is_empty() && legs.iter().all(|l| l.state == "UpToDate"));
     groups && legs
 }
 
@@ -227,9 +244,13 @@ impl<'a> Run<'a> {
         let homes = home_nodes(scenario);
         let start = Instant::now();
         loop {
-            let sample = observe::sample(&cluster.target, &BTreeSet::new(), 0);
-            let placed = (homes.iter())
-                .all(|(group, node)| sample.groups.get(group).is_some_and(|g| g.runs_only_on(node)));
+            let sample = observe::sample(&cluster.target, &BTreeSet::new(), Instant::now());
+            let placed = (homes.iter()).all(|(group, node)| {
+                sample
+                    .groups
+                    .get(group)
+                    .is_some_and(|g| g.runs_only_on(node))
+            });
             if placed && settled(&sample) {
                 break;
             }
@@ -274,9 +295,8 @@ impl<'a> Run<'a> {
         self.sampler = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let began = Instant::now();
-                let at_ms = t0.elapsed().as_millis() as u64;
                 let quiet = quiet.lock().expect("quiet nodes").clone();
-                let sample = observe::sample(&target, &quiet, at_ms);
+                let sample = observe::sample(&target, &quiet, t0);
                 samples.lock().expect("samples").push(sample);
                 std::thread::sleep(SAMPLE_GAP.saturating_sub(began.elapsed()));
             }
@@ -298,7 +318,11 @@ impl<'a> Run<'a> {
     /// for the end of the faults phase.
     fn play(&mut self) {
         let scenario = self.scenario;
-        let mut due: Vec<(u64, Due)> = scenario.plan.iter().map(|p| (p.at_ms, Due::Planned(p))).collect();
+        let mut due: Vec<(u64, Due)> = scenario
+            .plan
+            .iter()
+            .map(|p| (p.at_ms, Due::Planned(p)))
+            .collect();
         while !due.is_empty() {
             // The earliest first; among equals, the plan's order (resumes after).
             let next = (0..due.len()).min_by_key(|&i| due[i].0).unwrap_or(0);
@@ -308,20 +332,32 @@ impl<'a> Run<'a> {
             let (step, what, outcome) = match item {
                 Due::Planned(planned) => {
                     if let Effect::Pause { node, ms } = &planned.effect {
-                        due.push((at_ms + ms, Due::Resume { node: node.clone(), step: planned.step }));
+                        due.push((
+                            at_ms + ms,
+                            Due::Resume {
+                                node: node.clone(),
+                                step: planned.step,
+                            },
+                        ));
                     }
                     let outcome = self.carry_out(planned);
                     (planned.step, planned.what.clone(), outcome)
                 }
-                Due::Resume { node, step } => {
-                    (step, format!("resume {node}"), Some(self.cluster.resume(&node)))
-                }
+                Due::Resume { node, step } => (
+                    step,
+                    format!("resume {node}"),
+                    Some(self.cluster.resume(&node)),
+                ),
             };
             let Some(outcome) = outcome else {
                 continue;
             };
             if self.echo {
-                eprintln!("t={} (planned {}) step {step}: {what}: {outcome}", fmt_ms(actual), fmt_ms(at_ms));
+                eprintln!(
+                    "t={} (planned {}) step {step}: {what}: {outcome}",
+                    fmt_ms(actual),
+                    fmt_ms(at_ms)
+                );
             }
             self.steps.push(StepRow {
                 planned_ms: at_ms,
@@ -354,9 +390,15 @@ impl<'a> Run<'a> {
             Effect::Operator { command, on } => {
                 let (node, state) = cluster.operator(command, on.as_deref());
                 self.commands.insert(planned.step, state.clone());
-                format!("on {node}: {state:?}")
+                match state {
+                    judge::CommandState::Pending => format!("on {node}: no answer"),
+                    judge::CommandState::Done(text) => format!("on {node}: done: {text}"),
+                    judge::CommandState::Refused(text) => format!("on {node}: {text}"),
+                }
             }
-            Effect::SlowDisk { .. } | Effect::FillDisk { .. } => "simulator only (not carried out)".into(),
+            Effect::SlowDisk { .. } | Effect::FillDisk { .. } => {
+                "simulator only (not carried out)".into()
+            }
         })
     }
 
@@ -436,14 +478,27 @@ impl<'a> Run<'a> {
         let mut verified = Vec::new();
         let primaries = self.final_primaries(&records.samples);
         for (volume, writer) in &self.writers {
-            records.writes.extend(writer.records.lock().expect("writer records").iter().cloned());
+            records.writes.extend(
+                writer
+                    .records
+                    .lock()
+                    .expect("writer records")
+                    .iter()
+                    .cloned(),
+            );
             let primary = primaries.get(volume).cloned().flatten();
             self.read_back(writer, primary.as_deref(), &mut records);
             verified.push(self.verify(volume, primary.as_deref()));
         }
         records.two_writers = self.two_writers();
         let mut rows = vec![self.cluster_row(&verified)];
-        rows.extend(Judge { scenario: self.scenario, records: &records }.rows());
+        rows.extend(
+            Judge {
+                scenario: self.scenario,
+                records: &records,
+            }
+            .rows(),
+        );
         rows
     }
 
@@ -456,7 +511,10 @@ impl<'a> Run<'a> {
             .flat_map(|g| {
                 let at = last.groups.get(&g.name);
                 (g.volumes.iter().enumerate()).map(move |(i, v)| {
-                    (v.clone(), at.and_then(|at| at.primaries.get(i).cloned().flatten()))
+                    (
+                        v.clone(),
+                        at.and_then(|at| at.primaries.get(i).cloned().flatten()),
+                    )
                 })
             })
             .collect()
@@ -469,12 +527,20 @@ impl<'a> Run<'a> {
         let mut sources: Vec<(String, Box<dyn FnMut(u64) -> Vec<u8>>)> = Vec::new();
         for node in self.cluster.leg_nodes(&names) {
             let path = self.cluster.leg_file(&writer.volume, &node);
-            sources.push((node, Box::new(move |block| read_file_at(&path, block * BLOCK))));
+            sources.push((
+                node,
+                Box::new(move |block| read_file_at(&path, block * BLOCK)),
+            ));
         }
         if let Some(primary) = primary {
-            let socket = self.cluster.rig.dir(primary).join(format!("nbd-{}.sock", writer.volume));
+            let socket = self
+                .cluster
+                .rig
+                .dir(primary)
+                .join(format!("nbd-{}.sock", writer.volume));
             if let Ok(mut client) = NbdClient::connect(&socket, &writer.volume) {
-                let read = move |block| client.read(block * BLOCK, BLOCK as u32).unwrap_or_default();
+                let read =
+                    move |block| client.read(block * BLOCK, BLOCK as u32).unwrap_or_default();
                 sources.push((format!("{primary} (through NBD)"), Box::new(read)));
             }
         }
@@ -499,7 +565,11 @@ impl<'a> Run<'a> {
         let Some(primary) = primary else {
             return (volume.to_string(), false, "no primary at the end".into());
         };
-        let output = self.cluster.rig.cluster.cli(primary, &["volume", "verify", volume]);
+        let output = self
+            .cluster
+            .rig
+            .cluster
+            .cli(primary, &["volume", "verify", volume]);
         let text = crate::text(&output).trim().to_string();
         let identical = output.status.success() && text.contains("identical");
         (volume.to_string(), identical, text)
@@ -529,7 +599,11 @@ impl<'a> Run<'a> {
                         })
                     })
                     .collect();
-                found.extend(two_writer_periods(&acks, &events).into_iter().map(|p| format!("{volume}: {p}")));
+                found.extend(
+                    two_writer_periods(&acks, &events)
+                        .into_iter()
+                        .map(|p| format!("{volume}: {p}")),
+                );
             }
         }
         found
@@ -547,8 +621,13 @@ impl<'a> Run<'a> {
                 false => format!("{volume} verify: {text}"),
             })
             .collect();
-        let power = (self.scenario.steps.iter()).any(|s| matches!(s.action, Action::PowerOff { .. }));
-        let note = if power { "; power_off kept the page cache (real host)" } else { "" };
+        let power =
+            (self.scenario.steps.iter()).any(|s| matches!(s.action, Action::PowerOff { .. }));
+        let note = if power {
+            "; power_off kept the page cache (real host)"
+        } else {
+            ""
+        };
         Row {
             what: "real cluster after the final heal".into(),
             pass: self.settle.is_some() && verified.iter().all(|(_, ok, _)| *ok),

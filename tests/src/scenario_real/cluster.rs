@@ -114,7 +114,12 @@ impl Cluster {
             self.rig.ok(first, &args);
         }
         let sleep = "sleep 1000000".to_string();
-        for (group, (prefer, failback)) in self.target.groups.iter().zip(preferences(self.layout, names)) {
+        for (group, (prefer, failback)) in self
+            .target
+            .groups
+            .iter()
+            .zip(preferences(self.layout, names))
+        {
             let ip = format!("{}/24", group.vip);
             let prefer = prefer.join(",");
             let mut args = vec!["group", "create", &group.name, "--prefer", &prefer];
@@ -150,7 +155,10 @@ impl Cluster {
         let pid = self.rig.cluster.pid(node);
         self.rig.kill_daemons(&[node]);
         self.down.insert(node.to_string());
-        format!("kill -9 of the daemon (pid {})", pid.map_or("-".into(), |p| p.to_string()))
+        format!(
+            "kill -9 of the daemon (pid {})",
+            pid.map_or("-".into(), |p| p.to_string())
+        )
     }
 
     /// A power cut, as far as a real host can do one: `kill -9` of the daemon and of every
@@ -191,12 +199,20 @@ impl Cluster {
         self.rig.cluster.start(node);
         self.down.remove(node);
         self.set_quiet(node, false);
-        format!("daemon started (pid {})", self.rig.cluster.pid(node).unwrap_or(0))
+        format!(
+            "daemon started (pid {})",
+            self.rig.cluster.pid(node).unwrap_or(0)
+        )
     }
 
     /// SIGSTOP of `node`'s daemon (its services and watchdog keep running).
     pub fn pause(&mut self, node: &str) -> String {
-        let Some(pid) = self.rig.cluster.pid(node).and_then(|p| i32::try_from(p).ok()) else {
+        let Some(pid) = self
+            .rig
+            .cluster
+            .pid(node)
+            .and_then(|p| i32::try_from(p).ok())
+        else {
             return "no daemon to freeze".into();
         };
         self.set_quiet(node, true);
@@ -290,7 +306,10 @@ impl Cluster {
         for node in &down {
             self.start(node);
         }
-        format!("links and drop rules healed; started again: {}", list(&down))
+        format!(
+            "links and drop rules healed; started again: {}",
+            list(&down)
+        )
     }
 
     /// `tandem COMMAND` on `on` (default: the leader): the node it ran on and its outcome.
@@ -321,12 +340,16 @@ impl Cluster {
     /// The leader's name as the first answering node sees it.
     pub fn leader(&self) -> Option<String> {
         let quiet = self.quiet.lock().expect("quiet nodes").clone();
-        self.rig.names().iter().filter(|n| !quiet.contains(*n)).find_map(|via| {
-            let status = self.rig.cluster.status(via)?;
-            let id = status["leader"].as_u64()?;
-            let node = (status["nodes"].as_array()?.iter()).find(|n| n["id"] == id)?;
-            node["name"].as_str().map(str::to_string)
-        })
+        self.rig
+            .names()
+            .iter()
+            .filter(|n| !quiet.contains(*n))
+            .find_map(|via| {
+                let status = self.rig.cluster.status(via)?;
+                let id = status["leader"].as_u64()?;
+                let node = (status["nodes"].as_array()?.iter()).find(|n| n["id"] == id)?;
+                node["name"].as_str().map(str::to_string)
+            })
     }
 }
 

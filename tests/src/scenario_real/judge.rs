@@ -62,7 +62,10 @@ fn window_text(from: u64, to: u64) -> String {
 }
 
 fn no_sample(from: u64, to: u64) -> Row {
-    row(false, format!("no sample {} (the run ended first)", window_text(from, to)))
+    row(
+        false,
+        format!("no sample {} (the run ended first)", window_text(from, to)),
+    )
 }
 
 fn names(nodes: &[String]) -> String {
@@ -113,7 +116,10 @@ impl Judge<'_> {
         let acked: Vec<&WriteRecord> = (writes.iter())
             .filter(|w| w.state == WriteState::Acknowledged)
             .collect();
-        let in_flight = writes.iter().filter(|w| w.state == WriteState::InFlight).count();
+        let in_flight = writes
+            .iter()
+            .filter(|w| w.state == WriteState::InFlight)
+            .count();
         let failed = writes.len() - acked.len() - in_flight;
         let lost: Vec<String> = (acked.iter())
             .filter_map(|w| {
@@ -133,7 +139,10 @@ impl Judge<'_> {
             acked.len()
         );
         if acked.is_empty() {
-            return row(false, format!("nothing to judge: no write was acknowledged ({counts})"));
+            return row(
+                false,
+                format!("nothing to judge: no write was acknowledged ({counts})"),
+            );
         }
         match lost.is_empty() {
             true => row(
@@ -157,7 +166,10 @@ impl Judge<'_> {
         for sample in &self.records.samples {
             for (group, at) in &sample.groups {
                 if let Some((a, b)) = &at.overlap {
-                    broken.push(format!("at t={} {group} ran on {a} and {b}", fmt_ms(sample.at_ms)));
+                    broken.push(format!(
+                        "at t={} {group} ran on {a} and {b}",
+                        fmt_ms(sample.at_ms)
+                    ));
                 }
                 let mismatch = holder_not_primary(at);
                 let twice = mismatch_before.get(group.as_str()) == Some(&true);
@@ -169,7 +181,10 @@ impl Judge<'_> {
                     ));
                 }
                 if let [node] = &at.full[..] {
-                    if last.insert(group, node.clone()).is_some_and(|before| before != *node) {
+                    if last
+                        .insert(group, node.clone())
+                        .is_some_and(|before| before != *node)
+                    {
                         moves += 1;
                     }
                 }
@@ -177,7 +192,10 @@ impl Judge<'_> {
         }
         broken.extend(self.records.two_writers.iter().cloned());
         match broken.first() {
-            Some(first) => row(false, format!("broken {first} ({} finding(s) in all)", broken.len())),
+            Some(first) => row(
+                false,
+                format!("broken {first} ({} finding(s) in all)", broken.len()),
+            ),
             None => row(
                 true,
                 format!(
@@ -194,7 +212,7 @@ impl Judge<'_> {
         let from = expect.after_ms;
         let to = expect.within_ms.map_or(u64::MAX, |within| from + within);
         let samples = (self.records.samples.iter())
-            .filter(|s| s.at_ms >= from && s.at_ms <= to)
+            .filter(|s| s.at_ms >= from && s.end_ms <= to)
             .collect();
         (from, to, samples)
     }
@@ -210,16 +228,28 @@ impl Judge<'_> {
                     fmt_ms(sample.at_ms),
                     names(&at.full),
                     names(&at.any),
-                    if primaries.is_empty() { "-".into() } else { primaries.join(",") }
+                    if primaries.is_empty() {
+                        "-".into()
+                    } else {
+                        primaries.join(",")
+                    }
                 )
             }
             None => format!("at t={} the group did not exist", fmt_ms(sample.at_ms)),
         }
     }
 
-    fn some_sample(&self, expect: &Expect, group: &str, ok: impl Fn(&GroupAt) -> bool, what: &str) -> Row {
+    fn some_sample(
+        &self,
+        expect: &Expect,
+        group: &str,
+        ok: impl Fn(&GroupAt) -> bool,
+        what: &str,
+    ) -> Row {
         let (from, to, samples) = self.window(expect);
-        let found = samples.iter().find(|s| s.groups.get(group).is_some_and(&ok));
+        let found = samples
+            .iter()
+            .find(|s| s.groups.get(group).is_some_and(&ok));
         match (found, samples.last()) {
             (Some(sample), _) => row(true, Self::describe(sample, group)),
             (None, Some(last)) => row(
@@ -236,33 +266,50 @@ impl Judge<'_> {
 
     fn every_sample(&self, expect: &Expect, group: &str, node: &str) -> Row {
         let (from, to, samples) = self.window(expect);
-        let bad = (samples.iter()).find(|s| !s.groups.get(group).is_some_and(|g| g.runs_only_on(node)));
+        let bad =
+            (samples.iter()).find(|s| !s.groups.get(group).is_some_and(|g| g.runs_only_on(node)));
         match (bad, samples.len()) {
             (_, 0) => no_sample(from, to),
-            (Some(sample), _) => row(false, format!("left {node}: {}", Self::describe(sample, group))),
+            (Some(sample), _) => row(
+                false,
+                format!("left {node}: {}", Self::describe(sample, group)),
+            ),
             (None, count) => row(
                 true,
-                format!("on {node} only in all {count} samples {}", window_text(from, to)),
+                format!(
+                    "on {node} only in all {count} samples {}",
+                    window_text(from, to)
+                ),
             ),
         }
     }
 
     fn never_on(&self, expect: &Expect, group: &str, node: &str) -> Row {
         let (from, to, samples) = self.window(expect);
-        let bad = (samples.iter())
-            .find(|s| s.groups.get(group).is_some_and(|g| g.any.iter().any(|n| n == node)));
+        let bad = (samples.iter()).find(|s| {
+            s.groups
+                .get(group)
+                .is_some_and(|g| g.any.iter().any(|n| n == node))
+        });
         match (bad, samples.len()) {
             (_, 0) => no_sample(from, to),
-            (Some(sample), _) => row(false, format!("ran on {node}: {}", Self::describe(sample, group))),
+            (Some(sample), _) => row(
+                false,
+                format!("ran on {node}: {}", Self::describe(sample, group)),
+            ),
             (None, count) => row(
                 true,
-                format!("not on {node} in any of {count} samples {}", window_text(from, to)),
+                format!(
+                    "not on {node} in any of {count} samples {}",
+                    window_text(from, to)
+                ),
             ),
         }
     }
 
     fn command(&self, label: &str, refused: Option<Option<&str>>) -> Row {
-        let Some(step) = (self.scenario.steps.iter()).find(|s| s.label.as_deref() == Some(label)) else {
+        let Some(step) = (self.scenario.steps.iter()).find(|s| s.label.as_deref() == Some(label))
+        else {
             return row(false, format!("no step labelled {label:?}"));
         };
         match (self.records.commands.get(&step.number), refused) {
@@ -274,7 +321,9 @@ impl Judge<'_> {
                 _ => row(true, format!("refused: {why}")),
             },
             (Some(CommandState::Done(text)), None) => row(true, format!("done: {text}")),
-            (Some(CommandState::Done(text)), Some(_)) => row(false, format!("NOT refused: done: {text}")),
+            (Some(CommandState::Done(text)), Some(_)) => {
+                row(false, format!("NOT refused: done: {text}"))
+            }
             (Some(CommandState::Refused(why)), None) => row(false, format!("refused: {why}")),
             (Some(CommandState::Pending), _) => row(false, "never answered".into()),
             (None, _) => row(false, "the step never ran".into()),
@@ -287,7 +336,9 @@ impl Judge<'_> {
             !sample.legs.is_empty()
                 && (sample.legs.iter())
                     .filter(|(name, _)| volume.is_none_or(|v| v == name.as_str()))
-                    .all(|(_, legs)| !legs.is_empty() && legs.iter().all(|leg| leg.state == "UpToDate"))
+                    .all(|(_, legs)| {
+                        !legs.is_empty() && legs.iter().all(|leg| leg.state == "UpToDate")
+                    })
         };
         let describe = |sample: &Sample| {
             let legs: Vec<String> = (sample.legs.iter())
@@ -308,7 +359,11 @@ impl Judge<'_> {
             (Some(sample), _) => row(true, format!("all UpToDate {}; {before}", describe(sample))),
             (None, Some(last)) => row(
                 false,
-                format!("not all UpToDate {}; last {}", window_text(from, to), describe(last)),
+                format!(
+                    "not all UpToDate {}; last {}",
+                    window_text(from, to),
+                    describe(last)
+                ),
             ),
             (None, None) => row(false, format!("no sample {}", window_text(from, to))),
         }
@@ -320,7 +375,10 @@ fn holder_not_primary(at: &GroupAt) -> Option<String> {
     let [node] = &at.full[..] else {
         return None;
     };
-    let other = at.primaries.iter().any(|p| p.as_ref().is_some_and(|p| p != node));
+    let other = at
+        .primaries
+        .iter()
+        .any(|p| p.as_ref().is_some_and(|p| p != node));
     other.then(|| node.clone())
 }
 
@@ -362,6 +420,7 @@ check = "no_lost_writes"
         };
         Sample {
             at_ms,
+            end_ms: at_ms + 50,
             groups: BTreeMap::from([("g1".to_string(), at)]),
             legs: BTreeMap::new(),
         }
@@ -385,15 +444,30 @@ check = "no_lost_writes"
         let scenario = scenario();
         let mut records = Records {
             samples: vec![sample(0, &["a"], "a"), sample(500, &["b"], "b")],
-            writes: vec![write(1, WriteState::Acknowledged), write(2, WriteState::InFlight)],
+            writes: vec![
+                write(1, WriteState::Acknowledged),
+                write(2, WriteState::InFlight),
+            ],
             ..Records::default()
         };
         records.missing.insert(("v1".into(), 1), vec!["b".into()]);
-        let rows = Judge { scenario: &scenario, records: &records }.rows();
+        let rows = Judge {
+            scenario: &scenario,
+            records: &records,
+        }
+        .rows();
         assert!(!rows[0].pass, "{rows:?}");
-        assert!(rows[0].detail.contains("left a: at t=500ms it ran fully on b"), "{rows:?}");
+        assert!(
+            rows[0]
+                .detail
+                .contains("left a: at t=500ms it ran fully on b"),
+            "{rows:?}"
+        );
         assert!(rows[1].pass, "{rows:?}");
-        assert!(!rows[2].pass && rows[2].detail.contains("missing on b"), "{rows:?}");
+        assert!(
+            !rows[2].pass && rows[2].detail.contains("missing on b"),
+            "{rows:?}"
+        );
     }
 
     #[test]
@@ -405,18 +479,39 @@ check = "no_lost_writes"
             samples: vec![sample(0, &["a"], "a"), overlapping],
             ..Records::default()
         };
-        let rows = Judge { scenario: &scenario, records: &records }.rows();
-        assert!(!rows[1].pass && rows[1].detail.contains("ran on a and b"), "{rows:?}");
+        let rows = Judge {
+            scenario: &scenario,
+            records: &records,
+        }
+        .rows();
+        assert!(
+            !rows[1].pass && rows[1].detail.contains("ran on a and b"),
+            "{rows:?}"
+        );
         // Once is a switchover between two reads; twice in a row is a second writer.
         let once = Records {
             samples: vec![sample(0, &["a"], "b"), sample(100, &["b"], "b")],
             ..Records::default()
         };
-        assert!(Judge { scenario: &scenario, records: &once }.rows()[1].pass);
+        assert!(
+            Judge {
+                scenario: &scenario,
+                records: &once
+            }
+            .rows()[1]
+                .pass
+        );
         let twice = Records {
             samples: vec![sample(0, &["a"], "b"), sample(100, &["a"], "b")],
             ..Records::default()
         };
-        assert!(!Judge { scenario: &scenario, records: &twice }.rows()[1].pass);
+        assert!(
+            !Judge {
+                scenario: &scenario,
+                records: &twice
+            }
+            .rows()[1]
+                .pass
+        );
     }
 }

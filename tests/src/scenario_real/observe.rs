@@ -71,7 +71,9 @@ pub struct GroupAt {
 impl GroupAt {
     /// The group runs on `node`, entirely, and nowhere else (as the simulator's sample).
     pub fn runs_only_on(&self, node: &str) -> bool {
-        self.full == [node] && self.any == [node] && self.primaries.iter().all(|p| p.as_deref() == Some(node))
+        self.full == [node]
+            && self.any == [node]
+            && self.primaries.iter().all(|p| p.as_deref() == Some(node))
     }
 }
 
@@ -87,12 +89,17 @@ pub struct LegAt {
 pub struct Sample {
     /// Scenario time at which the observation began.
     pub at_ms: u64,
+    /// Scenario time at which it ended: the state it shows held at some time in between, so
+    /// a window holds the sample only when it holds both.
+    pub end_ms: u64,
     pub groups: BTreeMap<String, GroupAt>,
     pub legs: BTreeMap<String, Vec<LegAt>>,
 }
 
-/// Observes the cluster now; `quiet` are nodes not to ask (down or frozen).
-pub fn sample(target: &Target, quiet: &BTreeSet<String>, at_ms: u64) -> Sample {
+/// Observes the cluster now (`t0`: the scenario's t = 0); `quiet` are nodes not to ask (down
+/// or frozen).
+pub fn sample(target: &Target, quiet: &BTreeSet<String>, t0: Instant) -> Sample {
+    let at_ms = t0.elapsed().as_millis() as u64;
     let volumes = committed_volumes(target, quiet);
     let order = palindrome(target.data.len());
     let seen: Vec<(usize, BTreeMap<String, (bool, bool)>)> = order
@@ -103,7 +110,11 @@ pub fn sample(target: &Target, quiet: &BTreeSet<String>, at_ms: u64) -> Sample {
     for group in &target.groups {
         let mut at = group_at(target, &seen, &group.name);
         at.primaries = (group.volumes.iter())
-            .map(|v| volumes.get(v).and_then(|v| v["primary"].as_str().map(str::to_string)))
+            .map(|v| {
+                volumes
+                    .get(v)
+                    .and_then(|v| v["primary"].as_str().map(str::to_string))
+            })
             .collect();
         groups.insert(group.name.clone(), at);
     }
@@ -113,6 +124,7 @@ pub fn sample(target: &Target, quiet: &BTreeSet<String>, at_ms: u64) -> Sample {
         .collect();
     Sample {
         at_ms,
+        end_ms: t0.elapsed().as_millis() as u64,
         groups,
         legs,
     }
@@ -124,7 +136,11 @@ fn palindrome(n: usize) -> Vec<usize> {
 }
 
 /// Folds the observations of the nodes into where `group` runs.
-fn group_at(target: &Target, seen: &[(usize, BTreeMap<String, (bool, bool)>)], group: &str) -> GroupAt {
+fn group_at(
+    target: &Target,
+    seen: &[(usize, BTreeMap<String, (bool, bool)>)],
+    group: &str,
+) -> GroupAt {
     let mut at = GroupAt::default();
     // Per node: (seen running anything in every observation, in some, fully in every one).
     let mut per: BTreeMap<usize, (bool, bool, bool)> = BTreeMap::new();
@@ -287,7 +303,11 @@ mod tests {
     #[test]
     fn a_node_seen_running_before_and_after_another_is_an_overlap() {
         let target = target(&["a", "b"]);
-        let at = group_at(&target, &seen(&[(0, true, true), (1, true, false), (0, true, true)]), "g");
+        let at = group_at(
+            &target,
+            &seen(&[(0, true, true), (1, true, false), (0, true, true)]),
+            "g",
+        );
         assert_eq!(at.overlap, Some(("a".into(), "b".into())));
         assert_eq!(at.full, ["a"]);
         assert_eq!(at.any, ["a", "b"]);
@@ -297,7 +317,11 @@ mod tests {
     fn a_switchover_between_two_observations_is_no_overlap() {
         let target = target(&["a", "b"]);
         // a stopped after its first observation, b started before its own.
-        let at = group_at(&target, &seen(&[(0, true, true), (1, true, true), (0, false, false)]), "g");
+        let at = group_at(
+            &target,
+            &seen(&[(0, true, true), (1, true, true), (0, false, false)]),
+            "g",
+        );
         assert_eq!(at.overlap, None);
         assert_eq!(at.full, ["b"]);
         assert_eq!(at.any, ["a", "b"]);
