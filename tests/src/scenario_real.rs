@@ -524,7 +524,7 @@ impl<'a> Run<'a> {
     /// records which acknowledged writes each lacks.
     fn read_back(&self, writer: &Writer, primary: Option<&str>, records: &mut Records) {
         let names: Vec<&str> = self.scenario.nodes.iter().map(String::as_str).collect();
-        let mut sources: Vec<(String, Box<dyn FnMut(u64) -> Vec<u8>>)> = Vec::new();
+        let mut sources: Vec<(String, BlockReader)> = Vec::new();
         for node in self.cluster.leg_nodes(&names) {
             let path = self.cluster.leg_file(&writer.volume, &node);
             sources.push((
@@ -644,6 +644,9 @@ impl Drop for Run<'_> {
         }
     }
 }
+
+/// Reads one block (by number) of a leg or an export.
+type BlockReader = Box<dyn FnMut(u64) -> Vec<u8>>;
 
 /// One block of the file at `path` from `offset` (zeroes where it is short).
 fn read_file_at(path: &std::path::Path, offset: u64) -> Vec<u8> {

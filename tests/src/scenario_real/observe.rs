@@ -84,6 +84,9 @@ pub struct LegAt {
     pub state: String,
 }
 
+/// One observation of a data node (by its index): per group, (its IP there, its service there).
+type Seen = (usize, BTreeMap<String, (bool, bool)>);
+
 /// One instant of the run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sample {
@@ -102,7 +105,7 @@ pub fn sample(target: &Target, quiet: &BTreeSet<String>, t0: Instant) -> Sample 
     let at_ms = t0.elapsed().as_millis() as u64;
     let volumes = committed_volumes(target, quiet);
     let order = palindrome(target.data.len());
-    let seen: Vec<(usize, BTreeMap<String, (bool, bool)>)> = order
+    let seen: Vec<Seen> = order
         .iter()
         .map(|&i| (i, observe_node(&target.data[i], &target.groups)))
         .collect();
@@ -136,11 +139,7 @@ fn palindrome(n: usize) -> Vec<usize> {
 }
 
 /// Folds the observations of the nodes into where `group` runs.
-fn group_at(
-    target: &Target,
-    seen: &[(usize, BTreeMap<String, (bool, bool)>)],
-    group: &str,
-) -> GroupAt {
+fn group_at(target: &Target, seen: &[Seen], group: &str) -> GroupAt {
     let mut at = GroupAt::default();
     // Per node: (seen running anything in every observation, in some, fully in every one).
     let mut per: BTreeMap<usize, (bool, bool, bool)> = BTreeMap::new();
@@ -294,7 +293,7 @@ mod tests {
         }
     }
 
-    fn seen(list: &[(usize, bool, bool)]) -> Vec<(usize, BTreeMap<String, (bool, bool)>)> {
+    fn seen(list: &[(usize, bool, bool)]) -> Vec<Seen> {
         (list.iter())
             .map(|&(i, ip, service)| (i, BTreeMap::from([("g".to_string(), (ip, service))])))
             .collect()
