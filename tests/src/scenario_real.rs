@@ -78,6 +78,8 @@ pub struct RealReport {
     /// The first row is the real cluster's own check after the final heal; then one per
     /// `[[expect]]`.
     pub rows: Vec<Row>,
+    /// The cluster's timeline from t = 0 (`tandem events`), one line per event.
+    pub timeline: Vec<String>,
     pub wall: Duration,
 }
 
@@ -133,6 +135,12 @@ impl RealReport {
             let result = if row.pass { "PASS" } else { "FAIL" };
             let _ = writeln!(out, "{:<width$}  {result:<6}  {}", row.what, row.detail);
         }
+        if !self.passed() {
+            let _ = writeln!(out, "\nthe cluster's timeline from t=0 (tandem events):");
+            for line in &self.timeline {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
         out
     }
 }
@@ -163,6 +171,7 @@ pub fn run(scenario: &Scenario, tag: &str, echo: bool) -> RealReport {
         skipped: None,
         steps: Vec::new(),
         rows: Vec::new(),
+        timeline: Vec::new(),
         wall: Duration::ZERO,
     };
     let unsupported = simulator_only(scenario);
@@ -189,6 +198,7 @@ pub fn run(scenario: &Scenario, tag: &str, echo: bool) -> RealReport {
     run.heal_and_settle();
     report.rows = run.judge();
     report.steps = std::mem::take(&mut run.steps);
+    report.timeline = std::mem::take(&mut run.timeline);
     report.wall = clock.elapsed();
     report
 }
@@ -228,6 +238,8 @@ struct Run<'a> {
     commands: BTreeMap<usize, judge::CommandState>,
     /// After the final heal: how long until the cluster settled (`None`: not within the limit).
     settle: Option<Duration>,
+    /// The cluster's timeline from t = 0 (`tandem events`), one line per event.
+    timeline: Vec<String>,
     echo: bool,
 }
 
@@ -283,6 +295,7 @@ impl<'a> Run<'a> {
             steps: Vec::new(),
             commands: BTreeMap::new(),
             settle: None,
+            timeline: Vec::new(),
             echo,
         };
         run.start_sampler();
@@ -490,7 +503,18 @@ impl<'a> Run<'a> {
             self.read_back(writer, primary.as_deref(), &mut records);
             verified.push(self.verify(volume, primary.as_deref()));
         }
-        records.two_writers = self.two_writers();
+        let timeline: Vec<Ev> = (self.cluster.rig.names().iter())
+            .find_map(|via| self.cluster.rig.events(via))
+            .unwrap_or_default();
+        records.two_writers = self.two_writers(&timeline);
+        self.timeline = (timeline.iter())
+            .filter(|e| e.at_unix_ms >= self.t0_unix_ms)
+            .map(|e| {
+                let at = fmt_ms(e.at_unix_ms - self.t0_unix_ms);
+                let group = e.group.as_deref().unwrap_or("-");
+                format!("t={at} {} {} {group}: {}", e.node, e.kind, e.detail)
+            })
+            .collect();
         let mut rows = vec![self.cluster_row(&verified)];
         rows.extend(
             Judge {
@@ -576,10 +600,7 @@ impl<'a> Run<'a> {
     }
 
     /// Acknowledged writes of a node after another node's promotion for the volume's group.
-    fn two_writers(&self) -> Vec<String> {
-        let timeline: Vec<Ev> = (self.cluster.rig.names().iter())
-            .find_map(|via| self.cluster.rig.events(via))
-            .unwrap_or_default();
+    fn two_writers(&self, timeline: &[Ev]) -> Vec<String> {
         let mut found = Vec::new();
         for group in &self.cluster.target.groups {
             for volume in &group.volumes {
