@@ -80,6 +80,8 @@ pub struct RealReport {
     pub rows: Vec<Row>,
     /// The cluster's timeline from t = 0 (`tandem events`), one line per event.
     pub timeline: Vec<String>,
+    /// Where the daemons' logs were kept (a failed run only).
+    pub logs: Option<std::path::PathBuf>,
     pub wall: Duration,
 }
 
@@ -140,6 +142,9 @@ impl RealReport {
             for line in &self.timeline {
                 let _ = writeln!(out, "  {line}");
             }
+            if let Some(logs) = &self.logs {
+                let _ = writeln!(out, "the daemons' logs are kept in {}", logs.display());
+            }
         }
         out
     }
@@ -172,6 +177,7 @@ pub fn run(scenario: &Scenario, tag: &str, echo: bool) -> RealReport {
         steps: Vec::new(),
         rows: Vec::new(),
         timeline: Vec::new(),
+        logs: None,
         wall: Duration::ZERO,
     };
     let unsupported = simulator_only(scenario);
@@ -199,6 +205,9 @@ pub fn run(scenario: &Scenario, tag: &str, echo: bool) -> RealReport {
     report.rows = run.judge();
     report.steps = std::mem::take(&mut run.steps);
     report.timeline = std::mem::take(&mut run.timeline);
+    if !report.passed() {
+        report.logs = Some(run.keep_logs(tag));
+    }
     report.wall = clock.elapsed();
     report
 }
@@ -524,6 +533,22 @@ impl<'a> Run<'a> {
             .rows(),
         );
         rows
+    }
+
+    /// Copies every daemon's log (and the timeline) to a directory that outlives the rig.
+    fn keep_logs(&self, tag: &str) -> std::path::PathBuf {
+        let kept = std::env::temp_dir().join(format!(
+            "tandem-scenario-{tag}-{}-{}",
+            std::process::id(),
+            unix_ms()
+        ));
+        let _ = std::fs::create_dir_all(&kept);
+        for node in self.cluster.rig.names() {
+            let log = self.cluster.rig.dir(&node).with_extension("log");
+            let _ = std::fs::copy(&log, kept.join(format!("{node}.log")));
+        }
+        let _ = std::fs::write(kept.join("timeline.txt"), self.timeline.join("\n"));
+        kept
     }
 
     /// Each volume's primary in the last sample.
