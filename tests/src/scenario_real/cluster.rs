@@ -241,7 +241,9 @@ impl Cluster {
 
     /// Drops the frames of `links` until [`Cluster::end_fault`]: iptables in the receiver's
     /// namespace (all packets from the sender; for a one-way cut, only the packets of
-    /// connections the sender opened, which is all a tandem node sends to a peer).
+    /// connections the sender opened, which is all a tandem node sends to a peer). The rules
+    /// go in one namespace after the other, so a cut takes some tens of ms to complete;
+    /// [`minority_first`] orders them so that this is no one-way cut in between.
     pub fn cut(&mut self, fault: usize, kind: CutKind, links: &[(String, String)]) -> String {
         self.faults.insert(
             fault,
@@ -250,8 +252,8 @@ impl Cluster {
                 links: links.to_vec(),
             },
         );
-        for (from, to) in links {
-            self.drop_link(kind, from, to);
+        for (from, to) in minority_first(links) {
+            self.drop_link(kind, &from, &to);
         }
         let how = match kind {
             CutKind::OneWay => "iptables drops (connections opened by the sender)",
@@ -365,6 +367,22 @@ impl Drop for Cluster {
     }
 }
 
+/// `links` ordered by receiver, the receiver that stops hearing the most nodes first: in
+/// `a | b w`, `a` hears nobody before `b` and `w` stop hearing `a`. Done the other way round,
+/// `a` would for a moment be heard by nobody while it still reached a quorum through `w`, and
+/// could rightly commit `b`'s leg Outdated (a write to `b` unanswered), after which `b` may not
+/// take over until `a` is back: a one-way cut the scenario did not ask for.
+fn minority_first(links: &[(String, String)]) -> Vec<(String, String)> {
+    let mut senders: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, to) in links {
+        *senders.entry(to).or_default() += 1;
+    }
+    let mut ordered = links.to_vec();
+    ordered
+        .sort_by_key(|(_, to)| std::cmp::Reverse(senders.get(to.as_str()).copied().unwrap_or(0)));
+    ordered
+}
+
 fn list(names: &[String]) -> String {
     if names.is_empty() {
         "none".into()
@@ -397,5 +415,24 @@ fn preferences(layout: Layout, names: &[&str]) -> Vec<(Vec<String>, &'static str
         Layout::ActiveStandby => vec![(nodes(&[0, 1]), "manual")],
         Layout::ActiveActive => vec![(nodes(&[0, 1]), "auto"), (nodes(&[1, 0]), "auto")],
         Layout::ThreeLegs => vec![(nodes(&[0, 1]), "manual"), (nodes(&[2]), "auto")],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_side_that_hears_nobody_is_cut_off_first() {
+        let link = |a: &str, b: &str| (a.to_string(), b.to_string());
+        let links = vec![
+            link("a", "b"),
+            link("a", "w"),
+            link("b", "a"),
+            link("w", "a"),
+        ];
+        let ordered = minority_first(&links);
+        assert_eq!(ordered[..2], [link("b", "a"), link("w", "a")]);
+        assert_eq!(ordered.len(), 4);
     }
 }
