@@ -58,7 +58,7 @@ fn stale_leg_forced_after_a_kill_on_real_daemons() {
 /// the second kept g1 on a; a then runs g1's IP and service without being primary of v1 until
 /// the volume's next monitor (up to 10 s), and restarts g1 in place.
 #[test]
-#[ignore = "product bug, 1 run in 18: a late demotion from the first of two contradicting moves leaves g1 running on a without its volume until the next monitor, then g1 restarts in place (docs/reliability.md)"]
+#[ignore = "product bug, 2 runs in 19: a late demotion from the first of two contradicting moves leaves g1 running on a without its volume until the next monitor, then g1 restarts in place (docs/reliability.md)"]
 fn operator_mistakes_on_real_daemons() {
     passes(&library("operator-mistakes.toml"), "scoper");
 }
