@@ -89,16 +89,26 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 impl Rig {
     /// Forms the cluster in lab `tag` (at most 10 characters of a-z, 0-9, _).
     pub fn form(tag: &str) -> Rig {
+        Rig::form_with(tag, &["a", "b"], &["w"])
+    }
+
+    /// [`Rig::form`] with other data nodes and witnesses (scenario files name their own).
+    pub fn form_with(tag: &str, names: &[&str], witnesses: &[&str]) -> Rig {
         require_root_and_fuse(&format!("tests/failover.rs ({tag})"));
         // A scenario that panicked poisons the lock; the next one still runs.
         let turn = ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Rig {
-            cluster: LabCluster::form(tag, &["a", "b"], &["w"]),
+            cluster: LabCluster::form(tag, names, witnesses),
             daemonized: Vec::new(),
             _one_at_a_time: turn,
         }
+    }
+
+    /// The names of every node of the rig, in the order they were formed.
+    pub fn names(&self) -> Vec<String> {
+        self.cluster.nodes.iter().map(|n| n.name.clone()).collect()
     }
 
     /// The rig's directory (state dirs, legs, mountpoints); removed on drop.
@@ -139,7 +149,7 @@ impl Rig {
     }
 
     /// Node ids to names, as `via` sees them.
-    fn names(&self, via: &str) -> Option<BTreeMap<u64, String>> {
+    fn id_names(&self, via: &str) -> Option<BTreeMap<u64, String>> {
         let status = self.cluster.status(via)?;
         let nodes = status["nodes"].as_array()?;
         Some(
@@ -152,7 +162,7 @@ impl Rig {
 
     /// The committed timeline as `via` sees it (by time), or `None` when it does not answer.
     pub fn events(&self, via: &str) -> Option<Vec<Ev>> {
-        let names = self.names(via)?;
+        let names = self.id_names(via)?;
         let output = self
             .cluster
             .cli(via, &["events", "--json", "--limit", "500"]);
@@ -162,10 +172,11 @@ impl Rig {
         parse_events(&String::from_utf8_lossy(&output.stdout), &names)
     }
 
-    /// The timeline from whichever node answers first (`w`, `b`, `a`).
+    /// The timeline from whichever node answers first (the last formed first: `w`, `b`, `a`).
     pub fn timeline(&self) -> Vec<Ev> {
-        ["w", "b", "a"]
+        self.names()
             .iter()
+            .rev()
             .find_map(|via| self.events(via))
             .unwrap_or_default()
     }
@@ -407,7 +418,7 @@ impl Rig {
     /// finish dying (a thread stuck in the kernel on I/O through its own FUSE image, e.g. in
     /// an unmount) is released by aborting the FUSE connections of the images below its
     /// state dir.
-    fn kill_daemons(&mut self, names: &[&str]) {
+    pub fn kill_daemons(&mut self, names: &[&str]) {
         let mut children: Vec<(String, PathBuf, std::process::Child)> = Vec::new();
         for node in &mut self.cluster.nodes {
             if !names.contains(&node.name.as_str()) {
@@ -475,7 +486,9 @@ impl Drop for Rig {
         if std::thread::panicking() {
             self.print_diagnostics();
         }
-        self.kill_daemons(&["a", "b", "w"]);
+        let names = self.names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.kill_daemons(&names);
         for (pid_file, name) in &self.daemonized {
             self.kill_daemonized(pid_file, name);
         }

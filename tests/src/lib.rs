@@ -16,6 +16,7 @@ pub mod chaos_kit;
 pub mod failover_kit;
 pub mod lab_cluster;
 pub mod nbd_client;
+pub mod scenario_real;
 
 /// The `tandem` binary under test: `$TANDEM_BIN`, or the one cargo built next to this test.
 pub fn tandem_bin() -> PathBuf {

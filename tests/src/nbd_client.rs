@@ -59,6 +59,12 @@ impl NbdClient {
         })
     }
 
+    /// Changes how long every later reply may take.
+    pub fn set_reply_limit(&self, limit: Duration) -> std::io::Result<()> {
+        self.stream.set_read_timeout(Some(limit))?;
+        self.stream.set_write_timeout(Some(limit))
+    }
+
     /// Writes `data` at `offset` and waits for the reply; `Ok(())` means acknowledged.
     pub fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
         let flags = if fua { FLAG_FUA } else { 0 };
