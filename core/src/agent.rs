@@ -522,8 +522,18 @@ impl Agent {
         let Some(local) = self.groups.get(name) else {
             return;
         };
+        // A volume resource is the committed state, so it is checked on every step: a
+        // demotion that commits late (two contradicting moves) is noticed at once, not at
+        // the next monitor.
+        let lost_volume = (local.spec.resources.iter().enumerate()).find_map(|(i, spec)| {
+            let ResourceSpec::Volume { volume, .. } = spec else {
+                return None;
+            };
+            let primary = volume_named(inputs.state, volume).ok()?.primary;
+            (primary != Some(self.me)).then_some(i)
+        });
         let due = (0..local.res.len()).find(|&i| local.next_monitor[i] <= inputs.now);
-        if let Some(index) = due {
+        if let Some(index) = lost_volume.or(due) {
             self.monitor_resource(inputs, name, index);
         }
     }

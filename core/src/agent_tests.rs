@@ -534,3 +534,44 @@ fn a_stopping_daemon_stops_demotes_and_releases_its_groups() {
     );
     assert!(world.agent.is_quiet(&world.state, true));
 }
+
+/// The real-host scenario runner found it (operator-mistakes: two contradicting moves): the
+/// demotion the first move proposed committed after the second move placed the group back
+/// here, and the agent, holding the volume resource as started, ran the service without a
+/// primary volume until the volume's next monitor, 5 s later. The committed state is the
+/// volume resource's truth, so it is checked on every step.
+#[test]
+fn a_volume_demoted_behind_the_agents_back_is_noticed_at_once_and_restarted() {
+    let mut world = World::new(A, A);
+    world.start_all();
+    let volume = world.state.volume_by_name("db").unwrap();
+    let demote = VolumeChange::Demote {
+        volume: volume.id,
+        epoch: volume.epoch,
+    };
+    world.state.apply(&StateChange::Volume(demote)).unwrap();
+    assert_eq!(world.primary(), None);
+    world.tick(10);
+    let kinds = world.kinds();
+    assert!(
+        kinds.contains(&EventKind::Detected) || kinds.contains(&EventKind::Restarting),
+        "the lost primary role was not noticed within 10 ms: {kinds:?}"
+    );
+    for _ in 0..50 {
+        world.tick(100);
+        let runs: Vec<(usize, OpKind)> = world.runs.iter().map(|&(_, i, k)| (i, k)).collect();
+        for (index, kind) in runs {
+            let outcome = match kind {
+                OpKind::Stop => Outcome::NotRunning,
+                _ => Outcome::Running,
+            };
+            world.complete(index, kind, outcome);
+        }
+    }
+    assert_eq!(
+        world.primary(),
+        Some(A),
+        "promoted again: {:?}",
+        world.kinds()
+    );
+}
