@@ -30,6 +30,19 @@ pub enum LegError {
     NotADisk { path: PathBuf, what: String },
 }
 
+/// Opens a volume's leg as its metadata's place says: a leg with internal metadata is one
+/// several servers reach (a shared array) and is written through ([`Leg::open_shared`]).
+pub fn open_leg(
+    meta: &crate::meta_store::MetaLocation,
+    path: &Path,
+    size: u64,
+) -> Result<Leg, LegError> {
+    match meta {
+        crate::meta_store::MetaLocation::Internal(_) => Leg::open_shared(path, size),
+        crate::meta_store::MetaLocation::Sidecar(_) => Leg::open(path, size),
+    }
+}
+
 /// An open leg of `size` bytes.
 pub struct Leg {
     file: File,
@@ -40,16 +53,30 @@ pub struct Leg {
 impl Leg {
     /// Opens (or creates, sparse) the leg at `path` for a volume of `size` bytes.
     pub fn open(path: &Path, size: u64) -> Result<Leg, LegError> {
+        Leg::open_with(path, size, false)
+    }
+
+    /// Like [`Leg::open`], for a leg other servers reach too (a shared array): every write
+    /// is durable when it completes (`O_DSYNC`), so this host's page cache never holds dirty
+    /// data of the leg. A daemon killed on a host whose kernel keeps running then leaves
+    /// nothing for the kernel to write back after another server has taken the leg over.
+    pub fn open_shared(path: &Path, size: u64) -> Result<Leg, LegError> {
+        Leg::open_with(path, size, true)
+    }
+
+    fn open_with(path: &Path, size: u64, write_through: bool) -> Result<Leg, LegError> {
         let open_error = |source| LegError::Open {
             path: path.to_path_buf(),
             source,
         };
+        let flags = if write_through { libc::O_DSYNC } else { 0 };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(flags)
             .open(path)
             .map_err(open_error)?;
         let kind = file.metadata().map_err(open_error)?.file_type();
@@ -249,6 +276,23 @@ mod tests {
         leg.write_zeroes(4096, 4096, false).unwrap();
         assert_eq!(leg.read(4096, 4096).unwrap(), vec![0u8; 4096]);
         leg.flush().unwrap();
+    }
+
+    #[test]
+    fn a_shared_leg_is_written_through_and_a_private_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leg.img");
+        let sync_flag = |leg: &Leg| {
+            // SAFETY: F_GETFL on a descriptor this test owns; no memory is passed.
+            let flags = unsafe { libc::fcntl(leg.raw_fd(), libc::F_GETFL) };
+            assert!(flags >= 0, "fcntl: {}", io::Error::last_os_error());
+            flags & libc::O_DSYNC == libc::O_DSYNC
+        };
+        let shared = dir.path().join("shared.img");
+        let internal = crate::meta_store::MetaLocation::Internal(shared.clone());
+        assert!(sync_flag(&open_leg(&internal, &shared, 1 << 20).unwrap()));
+        let sidecar = crate::meta_store::MetaLocation::Sidecar(dir.path().join("m"));
+        assert!(!sync_flag(&open_leg(&sidecar, &path, 1 << 20).unwrap()));
     }
 
     #[test]

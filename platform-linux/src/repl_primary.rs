@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::disk_ring::{DiskDone, DiskRing, RingReader};
 use crate::fuse_export::FuseExport;
-use crate::leg::Leg;
+use crate::leg::{open_leg, Leg};
 use crate::meta_store::{clip_ranges, MetaLocation, MetaStore};
 use crate::nbd_serve::NbdFrontend;
 use crate::repl_secondary::{self, read_frames, SessionSpec};
@@ -726,7 +726,8 @@ fn prepare(
         leg: setup.my_leg,
     };
     let store = MetaStore::open(&setup.meta, expect, setup.size).map_err(|e| e.to_string())?;
-    let leg = Arc::new(Leg::open(&setup.leg_path, setup.size).map_err(|e| e.to_string())?);
+    let leg = open_leg(&setup.meta, &setup.leg_path, setup.size).map_err(|e| e.to_string())?;
+    let leg = Arc::new(leg);
     let holes = leg.holes(tandem_core::replication::MAX_SKIP_RANGES);
     if let Err(error) = primary.set_skip_ranges(&holes) {
         tracing::warn!(

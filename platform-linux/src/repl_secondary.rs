@@ -89,7 +89,7 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
         Err(error) => return tracing::error!("replication from {} refused: {error}", spec.peer),
     };
     let suspect = suspect_ranges(&store, spec.size).union(take_carried(&spec.carried));
-    let leg = match Leg::open(&spec.leg_path, spec.size) {
+    let leg = match crate::leg::open_leg(&spec.meta, &spec.leg_path, spec.size) {
         Ok(leg) => Arc::new(leg),
         Err(error) => {
             return tracing::error!("replication from {}: {error}", spec.peer);
