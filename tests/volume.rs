@@ -97,7 +97,7 @@ fn volumes_are_created_listed_promoted_and_deleted_through_the_cluster() {
 fn bad_volume_requests_are_refused_with_what_and_where() {
     let cluster = TestCluster::form("badvol", &["a", "b"], &["w"]);
     let a = &cluster.node("a").dir;
-    let cases: [(&[&str], i32, &str); 6] = [
+    let cases: [(&[&str], i32, &str); 8] = [
         (
             &["--size", "64M", "--leg", "a:/tmp/x", "--leg", "zz:/tmp/y"],
             1,
@@ -125,6 +125,32 @@ fn bad_volume_requests_are_refused_with_what_and_where() {
             1,
             "node 1 already reaches /tmp/x through leg 0",
         ),
+        (
+            &[
+                "--size",
+                "64M",
+                "--leg",
+                "a:/tmp/x",
+                "--bitmap-grain",
+                "3000",
+            ],
+            1,
+            "bitmap grain 3000 must be a power of two from 4096 to 1048576 bytes",
+        ),
+        (
+            &[
+                "--size",
+                "64M",
+                "--leg",
+                "a:/tmp/x",
+                "--bitmap-grain",
+                "64K",
+                "--al-extent",
+                "32K",
+            ],
+            1,
+            "activity-log extent 32768 must be a power of two from the bitmap grain (65536)",
+        ),
     ];
     for (args, code, message) in cases {
         let mut full = vec!["volume", "create", "v"];
@@ -149,4 +175,64 @@ fn bad_volume_requests_are_refused_with_what_and_where() {
         "{}",
         text(&output)
     );
+}
+
+/// The metadata granularities are the operator's: `--bitmap-grain` and `--al-extent` are kept
+/// in the committed state, shown, and used by the primary's engine and leg metadata.
+#[test]
+fn a_volume_keeps_the_granularities_it_was_created_with() {
+    let cluster = TestCluster::form("volgrain", &["a", "b"], &["w"]);
+    let a = &cluster.node("a").dir;
+    let leg = format!("a:{}", cluster.root.join("g.img").display());
+    let output = cli(
+        a,
+        &[
+            "volume",
+            "create",
+            "g",
+            "--size",
+            "16M",
+            "--leg",
+            &leg,
+            "--bitmap-grain",
+            "64K",
+            "--al-extent",
+            "1M",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let shown = wait_for("the volume on b", Duration::from_secs(10), || {
+        let list = volumes(&cluster, "b");
+        (list["volumes"].as_array()?.len() == 1).then_some(list)
+    });
+    let granularity = &shown["volumes"][0]["granularity"];
+    assert_eq!(granularity["bitmap_grain"], 64 << 10, "{shown}");
+    assert_eq!(granularity["al_extent"], 1 << 20, "{shown}");
+    let output = cli(a, &["volume", "show", "g"]);
+    assert!(
+        text(&output).contains("grain 64K  al-extent 1M"),
+        "{}",
+        text(&output)
+    );
+    let output = cli(a, &["volume", "promote", "g", "--node", "a"]);
+    assert!(output.status.success(), "{}", text(&output));
+    // The primary's engine runs with that grain: its NBD export answers.
+    let socket = a.join("nbd-g.sock");
+    wait_for("g's NBD socket", Duration::from_secs(20), || {
+        socket.exists().then_some(())
+    });
+    let uri = format!("nbd+unix:///g?socket={}", socket.display());
+    let output = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            &uri,
+            "-c",
+            "write -P 0x3c 1M 64k",
+            "-c",
+            "read -P 0x3c 1M 64k",
+        ])
+        .output()
+        .expect("qemu-io");
+    assert!(output.status.success(), "{}", text(&output));
 }

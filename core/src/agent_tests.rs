@@ -73,6 +73,7 @@ impl World {
             name: "db".into(),
             size: 1 << 20,
             legs,
+            granularity: Default::default(),
         };
         state.apply(&StateChange::Volume(create)).unwrap();
         let volume = state.volume_by_name("db").unwrap().id;

@@ -24,6 +24,7 @@ use crate::group::{
 use crate::ids::NodeId;
 use crate::node::Plan;
 use crate::state::{ClusterState, Role, StateChange};
+use crate::volume::Granularity;
 
 /// What `cluster.toml` declares: `[[volume]]` and `[[group]]` tables.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +45,29 @@ pub struct VolumeDef {
     pub size: u64,
     #[serde(serialize_with = "legs_to", deserialize_with = "legs_from")]
     pub legs: Vec<LegRequest>,
+    /// Bytes per out-of-sync bit (`"4K"` to `"1M"`, a power of two; default 4 KiB).
+    #[serde(default = "default_grain", deserialize_with = "size_u32_from")]
+    pub bitmap_grain: u32,
+    /// Bytes per activity-log extent (a power of two, at least the grain; default 4 MiB).
+    #[serde(default = "default_extent", deserialize_with = "size_u32_from")]
+    pub al_extent: u32,
+}
+
+fn default_grain() -> u32 {
+    Granularity::default().bitmap_grain
+}
+
+fn default_extent() -> u32 {
+    Granularity::default().al_extent
+}
+
+impl VolumeDef {
+    fn granularity(&self) -> Granularity {
+        Granularity {
+            bitmap_grain: self.bitmap_grain,
+            al_extent: self.al_extent,
+        }
+    }
 }
 
 /// A group as an operator writes it: [`GroupSpec`] with node names instead of ids. The same
@@ -182,6 +206,11 @@ fn size_from<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error
         }
     }
     deserializer.deserialize_any(SizeVisitor)
+}
+
+fn size_u32_from<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let bytes = size_from(deserializer)?;
+    u32::try_from(bytes).map_err(|_| de::Error::custom(format!("{bytes} bytes is too large")))
 }
 
 fn legs_from<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<LegRequest>, D::Error> {
@@ -482,6 +511,7 @@ fn create_volume(volume: &VolumeDef) -> Draft {
         name: volume.name.clone(),
         size: volume.size,
         legs: volume.legs.clone(),
+        granularity: volume.granularity(),
     };
     draft(command, description)
 }
@@ -549,6 +579,18 @@ fn check_volume_unchanged(state: &ClusterState, volume: &VolumeDef) -> Result<()
             volume.name,
             text(&have),
             text(&want)
+        ));
+    }
+    let (old, new) = (info.granularity, volume.granularity());
+    if old != new {
+        return Err(format!(
+            "volume {}: changing its bitmap grain or activity-log extent ({} / {} -> {} / {}) \
+             {unsupported}",
+            volume.name,
+            human_size(old.bitmap_grain.into()),
+            human_size(old.al_extent.into()),
+            human_size(new.bitmap_grain.into()),
+            human_size(new.al_extent.into())
         ));
     }
     Ok(())
@@ -772,6 +814,28 @@ mod tests {
     }
 
     #[test]
+    fn granularities_come_from_the_file_and_bad_ones_are_refused_by_the_plan() {
+        let state = fixture_state();
+        let text = "[[volume]]\nname = 'v'\nsize = '64M'\nlegs = ['a:/l/v']\n\
+                    bitmap_grain = '64K'\nal_extent = '1M'\n";
+        let desired = parse_cluster("x.toml", text).unwrap();
+        assert_eq!(desired.volumes[0].bitmap_grain, 64 << 10);
+        assert_eq!(desired.volumes[0].al_extent, 1 << 20);
+        let made = plan(&state, &desired, false).unwrap();
+        let mut applied = state.clone();
+        apply_all(&mut applied, &made);
+        let volume = applied.volume_by_name("v").unwrap();
+        assert_eq!(volume.granularity.bitmap_grain, 64 << 10);
+        assert_eq!(volume.granularity.al_extent, 1 << 20);
+        let bad = text.replace("'64K'", "'3000'");
+        let error = plan(&state, &parse_cluster("x.toml", &bad).unwrap(), false).unwrap_err();
+        assert!(
+            error.contains("bitmap grain 3000 must be a power of two"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_plan_creates_volumes_before_groups_and_a_second_plan_is_empty() {
         let mut state = fixture_state();
         let desired = parse_file("good.toml").unwrap();
@@ -833,6 +897,13 @@ mod tests {
         let error = plan(&state, &desired, false).unwrap_err();
         assert!(error.contains("changing its legs"), "{error}");
         desired.volumes[0].legs[1].path = "/var/lib/tandem-legs/db.img".into();
+        desired.volumes[0].bitmap_grain = 64 << 10;
+        let error = plan(&state, &desired, false).unwrap_err();
+        assert!(
+            error.contains("changing its bitmap grain or activity-log extent (4 KiB / 4 MiB -> 64 KiB / 4 MiB)"),
+            "{error}"
+        );
+        desired.volumes[0].bitmap_grain = 4 << 10;
         desired.groups[0].preferred = vec!["w".into()];
         let error = plan(&state, &desired, false).unwrap_err();
         assert!(error.contains("preferred node w is a witness"), "{error}");

@@ -40,6 +40,8 @@ pub enum Command {
         name: String,
         size: u64,
         legs: Vec<LegRequest>,
+        #[serde(default)]
+        granularity: crate::volume::Granularity,
     },
     VolumeList,
     VolumeShow {
@@ -289,6 +291,9 @@ pub struct VolumeStatus {
     /// reaching several legs), in node order.
     #[serde(default)]
     pub reach: Vec<NodeReach>,
+    /// The legs' metadata granularities.
+    #[serde(default)]
+    pub granularity: crate::volume::Granularity,
 }
 
 /// The legs one node reaches, and the one it writes itself as primary (the others it writes

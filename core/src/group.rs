@@ -1112,6 +1112,7 @@ mod tests {
                 name: name.into(),
                 size,
                 legs,
+                granularity: Default::default(),
             };
             state.apply(&StateChange::Volume(create)).unwrap();
         }

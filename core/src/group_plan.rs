@@ -380,6 +380,7 @@ mod tests {
                 name: name.into(),
                 size: 1 << 20,
                 legs,
+                granularity: Default::default(),
             };
             state.apply(&StateChange::Volume(create)).unwrap();
         }

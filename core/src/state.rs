@@ -377,7 +377,12 @@ impl ClusterState {
 
     fn apply_volume(&mut self, change: &VolumeChange) -> Result<String, ApplyError> {
         match change {
-            VolumeChange::Create { name, size, legs } => {
+            VolumeChange::Create {
+                name,
+                size,
+                legs,
+                granularity,
+            } => {
                 if self.volume_by_name(name).is_some() {
                     return Err(VolumeError::NameTaken(name.clone()).into());
                 }
@@ -386,10 +391,12 @@ impl ClusterState {
                         .get(&node)
                         .is_some_and(|info| info.role != Role::Witness)
                 })?;
+                granularity.check()?;
                 let id = self.next_volume_id;
                 self.next_volume_id += 1;
-                self.volumes
-                    .insert(id, volume::new_volume(id, name, *size, legs));
+                let mut volume = volume::new_volume(id, name, *size, legs);
+                volume.granularity = *granularity;
+                self.volumes.insert(id, volume);
                 Ok(format!("volume {name} created with id {id}"))
             }
             VolumeChange::Delete { volume } => {

@@ -89,6 +89,55 @@ pub struct VolumeInfo {
     /// (they were UpToDate until then): the new primary tracks exactly what they miss from now.
     #[serde(default)]
     pub takeover_outdated: Vec<LegId>,
+    /// The legs' metadata granularities, fixed at creation.
+    #[serde(default)]
+    pub granularity: Granularity,
+}
+
+/// The metadata granularities of a volume's legs, chosen when it is created (the defaults are
+/// justified in `legmeta`: [`crate::legmeta::DEFAULT_GRAIN`],
+/// [`crate::legmeta::DEFAULT_EXTENT_SIZE`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Granularity {
+    /// Bytes of data per out-of-sync bit: what a reconnect resyncs at least per changed spot.
+    pub bitmap_grain: u32,
+    /// Bytes per activity-log extent: a primary crash resyncs whole hot extents.
+    pub al_extent: u32,
+}
+
+/// The largest bitmap grain (a resync never sends more than this per changed spot).
+pub const MAX_BITMAP_GRAIN: u32 = 1 << 20;
+/// The largest activity-log extent.
+pub const MAX_AL_EXTENT: u32 = 1 << 30;
+
+impl Default for Granularity {
+    fn default() -> Granularity {
+        Granularity {
+            bitmap_grain: crate::legmeta::DEFAULT_GRAIN,
+            al_extent: crate::legmeta::DEFAULT_EXTENT_SIZE,
+        }
+    }
+}
+
+impl Granularity {
+    /// Both powers of two; the grain from 4 KiB to 1 MiB, the extent from the grain to 1 GiB.
+    pub fn check(&self) -> Result<(), VolumeError> {
+        let bad = |reason: String| Err(VolumeError::BadGranularity(reason));
+        let (grain, extent) = (self.bitmap_grain, self.al_extent);
+        let min = crate::legmeta::MIN_GRAIN;
+        if !grain.is_power_of_two() || !(min..=MAX_BITMAP_GRAIN).contains(&grain) {
+            return bad(format!(
+                "bitmap grain {grain} must be a power of two from {min} to {MAX_BITMAP_GRAIN} bytes"
+            ));
+        }
+        if !extent.is_power_of_two() || !(grain..=MAX_AL_EXTENT).contains(&extent) {
+            return bad(format!(
+                "activity-log extent {extent} must be a power of two from the bitmap grain \
+                 ({grain}) to {MAX_AL_EXTENT} bytes"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl VolumeInfo {
@@ -140,6 +189,8 @@ pub enum VolumeChange {
         name: String,
         size: u64,
         legs: Vec<LegSpec>,
+        #[serde(default)]
+        granularity: Granularity,
     },
     /// Deletes a volume that has no primary. Leg contents are left alone.
     Delete { volume: VolumeId },
@@ -180,6 +231,8 @@ pub enum VolumeError {
     BadLeg { leg: usize, reason: String },
     #[error("no volume with id {0}")]
     NoSuchVolume(VolumeId),
+    #[error("{0}")]
+    BadGranularity(String),
     #[error("volume {volume} has no leg {leg}")]
     NoSuchLeg { volume: String, leg: LegId },
     #[error("volume {volume} is primary on node {node}; demote it first")]
@@ -308,6 +361,7 @@ pub fn new_volume(id: VolumeId, name: &str, size: u64, legs: &[LegSpec]) -> Volu
         epoch: 0,
         forced: Vec::new(),
         takeover_outdated: Vec::new(),
+        granularity: Granularity::default(),
     }
 }
 
@@ -639,5 +693,29 @@ mod tests {
             set_leg_state(&mut volume, 7, LegState::Outdated, 1),
             Err(VolumeError::NoSuchLeg { leg: 7, .. })
         ));
+    }
+
+    #[test]
+    fn granularities_are_powers_of_two_within_bounds() {
+        assert!(Granularity::default().check().is_ok());
+        let ok = Granularity {
+            bitmap_grain: 64 << 10,
+            al_extent: 64 << 10,
+        };
+        assert!(ok.check().is_ok());
+        for (grain, extent, says) in [
+            (3000, 4 << 20, "bitmap grain 3000"),
+            (2048, 4 << 20, "bitmap grain 2048"),
+            (2 << 20, 4 << 20, "bitmap grain 2097152"),
+            (4096, 6 << 20, "activity-log extent 6291456"),
+            (64 << 10, 4096, "activity-log extent 4096"),
+        ] {
+            let bad = Granularity {
+                bitmap_grain: grain,
+                al_extent: extent,
+            };
+            let error = bad.check().unwrap_err().to_string();
+            assert!(error.contains(says), "{error}");
+        }
     }
 }

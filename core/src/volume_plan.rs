@@ -5,7 +5,7 @@ use crate::command::{Command, LegRequest, LegStatus, NodeReach, Reply, VolumeSta
 use crate::ids::NodeId;
 use crate::node::Plan;
 use crate::state::{ClusterState, StateChange};
-use crate::volume::{LegSpec, LegState, VolumeChange, VolumeInfo};
+use crate::volume::{Granularity, LegSpec, LegState, VolumeChange, VolumeInfo};
 
 /// The plan for a volume command, or `None` when `command` is not about volumes. `gone(node)`
 /// says whether a node is offline and its lease has lapsed, as this node sees it.
@@ -16,7 +16,12 @@ pub fn plan(
     gone: impl Fn(NodeId) -> bool,
 ) -> Option<Plan> {
     let plan = match command {
-        Command::VolumeCreate { name, size, legs } => create(state, name, *size, legs),
+        Command::VolumeCreate {
+            name,
+            size,
+            legs,
+            granularity,
+        } => create(state, name, *size, legs, *granularity),
         Command::VolumeList => Ok(Plan::Answer(Reply::Volumes {
             volumes: state.volumes.values().map(|v| status(state, v)).collect(),
         })),
@@ -115,6 +120,7 @@ fn create(
     name: &str,
     size: u64,
     legs: &[LegRequest],
+    granularity: Granularity,
 ) -> Result<Plan, String> {
     let mut specs = Vec::with_capacity(legs.len());
     for leg in legs {
@@ -132,6 +138,7 @@ fn create(
         name: name.to_string(),
         size,
         legs: specs,
+        granularity,
     });
     state.validate(&change).map_err(|error| error.to_string())?;
     Ok(Plan::Propose(change))
@@ -176,6 +183,7 @@ pub fn status(state: &ClusterState, volume: &VolumeInfo) -> VolumeStatus {
             })
             .collect(),
         reach: reach(volume, name_of),
+        granularity: volume.granularity,
     }
 }
 

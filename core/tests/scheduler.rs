@@ -192,6 +192,7 @@ fn add_volume(state: &mut ClusterState, names: &Names, def: &VolumeDef) -> Resul
         epoch: 1,
         forced: Vec::new(),
         takeover_outdated: Vec::new(),
+        granularity: Default::default(),
     };
     state.volumes.insert(id, volume);
     Ok(())
@@ -428,6 +429,7 @@ fn random_volume(state: &mut ClusterState, index: usize, legs: Vec<(u64, u8)>) {
         epoch: 1,
         forced: Vec::new(),
         takeover_outdated: Vec::new(),
+        granularity: Default::default(),
     };
     state.volumes.insert(id, volume);
 }

@@ -146,6 +146,14 @@ enum VolumeVerb {
         /// A copy of the data: the nodes that reach it and its path (device or file).
         #[arg(long = "leg", required = true)]
         legs: Vec<LegRequest>,
+        /// Bytes per out-of-sync bit (a power of two, 4K to 1M): the least a reconnect
+        /// resyncs per changed spot; 32 MiB of bitmap per peer per TiB at 4K.
+        #[arg(long, value_parser = parse_size, default_value = "4K")]
+        bitmap_grain: u64,
+        /// Bytes per activity-log extent (a power of two, from the grain to 1G): a primary
+        /// crash resyncs whole hot extents; smaller means more metadata writes.
+        #[arg(long, value_parser = parse_size, default_value = "4M")]
+        al_extent: u64,
     },
     List,
     Show {
@@ -221,7 +229,21 @@ fn main() -> ExitCode {
 
 fn volume_command(action: VolumeVerb) -> Command {
     match action {
-        VolumeVerb::Create { name, size, legs } => Command::VolumeCreate { name, size, legs },
+        VolumeVerb::Create {
+            name,
+            size,
+            legs,
+            bitmap_grain,
+            al_extent,
+        } => Command::VolumeCreate {
+            name,
+            size,
+            legs,
+            granularity: tandem_core::volume::Granularity {
+                bitmap_grain: u32::try_from(bitmap_grain).unwrap_or(u32::MAX),
+                al_extent: u32::try_from(al_extent).unwrap_or(u32::MAX),
+            },
+        },
         VolumeVerb::List => Command::VolumeList,
         VolumeVerb::Show { name } => Command::VolumeShow { name },
         VolumeVerb::Promote { name, node, force } => Command::VolumePromote { name, node, force },

@@ -23,7 +23,7 @@ use tandem_core::legmeta::{
     pick_newest, superblock_probe, ActivityLog, AlTransaction, Expectation, LayoutParams,
     MetaError, MetaLayout, OutOfSync, Placement, Recovered, Superblock, META_BLOCK,
 };
-use tandem_core::volume::{LegId, LegInfo};
+use tandem_core::volume::{Granularity, LegId, LegInfo};
 use tandem_core::NodeId;
 
 /// Why a leg's metadata cannot be used; every variant names the file.
@@ -85,13 +85,22 @@ impl MetaLocation {
     }
 }
 
+/// The layout parameters of new metadata: the defaults, with the volume's granularities.
+fn layout_params(placement: Placement, device: u64, granularity: Granularity) -> LayoutParams {
+    LayoutParams {
+        grain: granularity.bitmap_grain,
+        extent_size: granularity.al_extent,
+        ..LayoutParams::new(placement, device)
+    }
+}
+
 /// The device size whose internal layout leaves exactly `data_size` bytes of data: the
 /// metadata grows with the device (its bitmaps cover the whole device), so this is the
 /// smallest fixed point of `size = data + metadata(size)`.
-pub fn internal_device_size(data_size: u64) -> Result<u64, MetaError> {
+pub fn internal_device_size(data_size: u64, granularity: Granularity) -> Result<u64, MetaError> {
     let mut device = data_size;
     for _ in 0..64 {
-        let metadata = MetaLayout::new(LayoutParams::new(Placement::Sidecar, device))?
+        let metadata = MetaLayout::new(layout_params(Placement::Sidecar, device, granularity))?
             .metadata()
             .len;
         let next = data_size.checked_add(metadata).ok_or(MetaError::Overflow {
@@ -136,14 +145,19 @@ impl MetaStore {
 
     /// Opens a leg's metadata for a volume of `data_size` bytes, creating it when there is
     /// none yet; anything unexpected in existing metadata is refused and left as it is.
+    /// New metadata is laid out with the volume's `granularity`; existing metadata keeps
+    /// the granularities its superblock records.
     pub fn open(
         location: &MetaLocation,
         expect: Expectation,
         data_size: u64,
+        granularity: Granularity,
     ) -> Result<MetaStore, MetaStoreError> {
         match location {
-            MetaLocation::Sidecar(path) => Self::open_sidecar(path, expect, data_size),
-            MetaLocation::Internal(path) => Self::open_internal(path, expect, data_size),
+            MetaLocation::Sidecar(path) => Self::open_sidecar(path, expect, data_size, granularity),
+            MetaLocation::Internal(path) => {
+                Self::open_internal(path, expect, data_size, granularity)
+            }
         }
     }
 
@@ -152,6 +166,7 @@ impl MetaStore {
         path: &Path,
         expect: Expectation,
         data_size: u64,
+        granularity: Granularity,
     ) -> Result<MetaStore, MetaStoreError> {
         let io = |source| MetaStoreError::Io {
             path: path.to_path_buf(),
@@ -174,8 +189,8 @@ impl MetaStore {
             source,
         };
         let superblock = if length == 0 {
-            let layout = MetaLayout::new(LayoutParams::new(Placement::Sidecar, data_size))
-                .map_err(refused)?;
+            let params = layout_params(Placement::Sidecar, data_size, granularity);
+            let layout = MetaLayout::new(params).map_err(refused)?;
             Superblock::new(expect.cluster, expect.volume, expect.leg, layout)
         } else {
             let superblock = read_superblock(&file, path, length, expect)?;
@@ -201,12 +216,13 @@ impl MetaStore {
         path: &Path,
         expect: Expectation,
         data_size: u64,
+        granularity: Granularity,
     ) -> Result<MetaStore, MetaStoreError> {
         let refused = |source| MetaStoreError::Refused {
             path: path.to_path_buf(),
             source,
         };
-        let needed = internal_device_size(data_size).map_err(refused)?;
+        let needed = internal_device_size(data_size, granularity).map_err(refused)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -224,7 +240,7 @@ impl MetaStore {
         let copy_b = read_block(&file, path, b.offset)?;
         let blank = is_zero(&copy_a) && is_zero(&copy_b);
         let superblock = if blank {
-            let params = LayoutParams::new(Placement::Internal, device_size);
+            let params = layout_params(Placement::Internal, device_size, granularity);
             let layout = MetaLayout::new(params).map_err(refused)?;
             ensure_ring_blank(&file, path, &layout)?;
             Superblock::new(expect.cluster, expect.volume, expect.leg, layout)
@@ -573,7 +589,7 @@ mod tests {
     #[test]
     fn internal_layouts_leave_exactly_the_volume_size_for_data() {
         for size in [4096, 1 << 20, SIZE, (1 << 30) + 4096, 1 << 40] {
-            let device = internal_device_size(size).unwrap();
+            let device = internal_device_size(size, Granularity::default()).unwrap();
             let layout = MetaLayout::new(LayoutParams::new(Placement::Internal, device)).unwrap();
             assert_eq!(layout.data_size(), size, "device {device}");
             assert!(device > size);
@@ -584,9 +600,13 @@ mod tests {
     fn internal_metadata_lives_at_the_end_of_the_leg_and_moves_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let location = internal(&dir);
-        let mut first = MetaStore::open(&location, expect(1, 0), SIZE).unwrap();
+        let mut first =
+            MetaStore::open(&location, expect(1, 0), SIZE, Granularity::default()).unwrap();
         let length = std::fs::metadata(location.path()).unwrap().len();
-        assert_eq!(length, internal_device_size(SIZE).unwrap());
+        assert_eq!(
+            length,
+            internal_device_size(SIZE, Granularity::default()).unwrap()
+        );
         let last = std::fs::read(location.path()).unwrap();
         assert!(last[last.len() - META_BLOCK..].starts_with(&SUPERBLOCK_MAGIC));
         assert!(
@@ -603,7 +623,8 @@ mod tests {
         first.set_bitmaps_valid(&[slot], true).unwrap();
         drop(first);
         // Another node opening the same shared leg sees the crash flag and the bitmap.
-        let second = MetaStore::open(&location, expect(1, 0), SIZE).unwrap();
+        let second =
+            MetaStore::open(&location, expect(1, 0), SIZE, Granularity::default()).unwrap();
         assert!(second.superblock().primary_open);
         assert_eq!(second.superblock().last_epoch, 3);
         let loaded = second.load_bitmap(slot).unwrap().expect("a valid bitmap");
@@ -619,8 +640,8 @@ mod tests {
     fn corrupt_or_foreign_internal_metadata_is_refused_with_the_path_and_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let location = internal(&dir);
-        drop(MetaStore::open(&location, expect(1, 0), SIZE).unwrap());
-        let foreign = MetaStore::open(&location, expect(2, 0), SIZE)
+        drop(MetaStore::open(&location, expect(1, 0), SIZE, Granularity::default()).unwrap());
+        let foreign = MetaStore::open(&location, expect(2, 0), SIZE, Granularity::default())
             .err()
             .unwrap();
         assert!(
@@ -633,7 +654,7 @@ mod tests {
         let end = bytes.len();
         bytes[end - 2 * META_BLOCK..].fill(0xee);
         std::fs::write(location.path(), &bytes).unwrap();
-        let refused = MetaStore::open(&location, expect(1, 0), SIZE)
+        let refused = MetaStore::open(&location, expect(1, 0), SIZE, Granularity::default())
             .err()
             .unwrap();
         let message = refused.to_string();
@@ -650,7 +671,7 @@ mod tests {
         // Blank superblocks over a used activity log: damaged, not new.
         bytes[end - 2 * META_BLOCK..].fill(0);
         std::fs::write(location.path(), &bytes).unwrap();
-        let refused = MetaStore::open(&location, expect(1, 0), SIZE)
+        let refused = MetaStore::open(&location, expect(1, 0), SIZE, Granularity::default())
             .err()
             .unwrap();
         assert!(
@@ -668,12 +689,12 @@ mod tests {
     fn a_leg_too_small_for_data_and_internal_metadata_is_refused_naming_the_sizes() {
         let dir = tempfile::tempdir().unwrap();
         let location = internal(&dir);
-        drop(MetaStore::open(&location, expect(1, 0), SIZE).unwrap());
+        drop(MetaStore::open(&location, expect(1, 0), SIZE, Granularity::default()).unwrap());
         let before = std::fs::read(location.path()).unwrap();
-        let refused = MetaStore::open(&location, expect(1, 0), 2 * SIZE)
+        let refused = MetaStore::open(&location, expect(1, 0), 2 * SIZE, Granularity::default())
             .err()
             .unwrap();
-        let needed = internal_device_size(2 * SIZE).unwrap();
+        let needed = internal_device_size(2 * SIZE, Granularity::default()).unwrap();
         let message = refused.to_string();
         assert!(
             matches!(refused, MetaStoreError::TooSmall { actual, needed: n, .. }
@@ -693,10 +714,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let location = internal(&dir);
         std::fs::write(location.path(), vec![0x5au8; SIZE as usize]).unwrap();
-        let store = MetaStore::open(&location, expect(1, 0), SIZE).unwrap();
+        let store = MetaStore::open(&location, expect(1, 0), SIZE, Granularity::default()).unwrap();
         assert!(!store.superblock().primary_open);
         let bytes = std::fs::read(location.path()).unwrap();
-        assert_eq!(bytes.len() as u64, internal_device_size(SIZE).unwrap());
+        assert_eq!(
+            bytes.len() as u64,
+            internal_device_size(SIZE, Granularity::default()).unwrap()
+        );
         assert!(bytes[..SIZE as usize].iter().all(|&b| b == 0x5a));
     }
 

@@ -118,12 +118,14 @@ fn volume_table(volumes: &[VolumeStatus]) -> String {
     for volume in volumes {
         let _ = writeln!(
             out,
-            "volume {} (id {})  size {}  primary {}  epoch {}",
+            "volume {} (id {})  size {}  primary {}  epoch {}  grain {}  al-extent {}",
             volume.name,
             volume.id,
             human_size(volume.size),
             volume.primary.as_deref().unwrap_or("none"),
-            volume.epoch
+            volume.epoch,
+            human_size(volume.granularity.bitmap_grain.into()),
+            human_size(volume.granularity.al_extent.into())
         );
         let _ = writeln!(
             out,

@@ -206,6 +206,8 @@ pub struct PrimarySetup {
     pub leg_path: std::path::PathBuf,
     pub meta: MetaLocation,
     pub size: u64,
+    /// The volume's metadata granularities (for new metadata).
+    pub granularity: tandem_core::volume::Granularity,
     pub peers: Vec<PeerTarget>,
     /// Other legs this node reaches (a dual array), each written by a secondary engine here.
     pub local_peers: Vec<SessionSpec>,
@@ -725,7 +727,8 @@ fn prepare(
         volume: context.volume,
         leg: setup.my_leg,
     };
-    let store = MetaStore::open(&setup.meta, expect, setup.size).map_err(|e| e.to_string())?;
+    let store = MetaStore::open(&setup.meta, expect, setup.size, setup.granularity)
+        .map_err(|e| e.to_string())?;
     let leg = open_leg(&setup.meta, &setup.leg_path, setup.size).map_err(|e| e.to_string())?;
     let leg = Arc::new(leg);
     let holes = leg.holes(tandem_core::replication::MAX_SKIP_RANGES);

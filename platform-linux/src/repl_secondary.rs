@@ -70,6 +70,8 @@ pub struct SessionSpec {
     /// Where the leg's metadata lives (identity checked before the leg is touched).
     pub meta: MetaLocation,
     pub size: u64,
+    /// The volume's metadata granularities (for new metadata).
+    pub granularity: tandem_core::volume::Granularity,
     pub epoch: watch::Receiver<u64>,
     pub leg_lock: Arc<Mutex<()>>,
     pub peer: String,
@@ -84,7 +86,7 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
         volume: spec.ident.volume,
         leg: spec.leg,
     };
-    let store = match MetaStore::open(&spec.meta, expect, spec.size) {
+    let store = match MetaStore::open(&spec.meta, expect, spec.size, spec.granularity) {
         Ok(store) => store,
         Err(error) => return tracing::error!("replication from {} refused: {error}", spec.peer),
     };

@@ -27,9 +27,6 @@ use crate::transport::{ByteStream, PeerAddress};
 /// How long a clean daemon stop waits for its primaries to drain.
 const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Out-of-sync bitmap grain (see `legmeta`: 4 KiB, as DRBD).
-const BITMAP_GRAIN: u64 = 4096;
-
 /// A primary's peer legs: the core's view of each, the remote ones' dial targets, the local
 /// ones' secondary engine specs.
 type PeerLegs = (Vec<PeerLeg>, Vec<PeerTarget>, Vec<SessionSpec>);
@@ -190,7 +187,7 @@ impl VolumeHost {
             volume.size,
             volume.epoch,
             peers,
-            BITMAP_GRAIN,
+            u64::from(volume.granularity.bitmap_grain),
         )
         .map_err(|error| error.to_string())?;
         let board = SyncBoard::default();
@@ -209,6 +206,7 @@ impl VolumeHost {
             leg_path: PathBuf::from(&own.path),
             meta: MetaLocation::for_leg(&self.context.state_dir, volume.id, own),
             size: volume.size,
+            granularity: volume.granularity,
             peers: targets,
             local_peers: local,
             context,
@@ -372,6 +370,7 @@ impl VolumeHost {
             leg_path: PathBuf::from(&leg.path),
             meta: MetaLocation::for_leg(&self.context.state_dir, volume.id, leg),
             size: volume.size,
+            granularity: volume.granularity,
             epoch,
             leg_lock: self.leg_lock(volume.id, leg.id),
             peer: peer.to_string(),
@@ -462,7 +461,7 @@ fn clear_crash_mark(cluster: ClusterId, volume: &VolumeInfo, leg: LegId, locatio
         leg,
     };
     let cleared = tokio::task::block_in_place(|| {
-        let mut store = MetaStore::open(location, expect, volume.size)?;
+        let mut store = MetaStore::open(location, expect, volume.size, volume.granularity)?;
         if store.superblock().primary_open {
             store.set_primary_open(false, volume.epoch)?;
             tracing::info!(

@@ -527,6 +527,7 @@ mod tests {
             name: "v".into(),
             size: 1 << 20,
             legs,
+            granularity: Default::default(),
         };
         apply(&mut state, StateChange::Volume(create));
         let volume = ResourceSpec::Volume {

@@ -769,6 +769,7 @@ fn missing_setup(state: &ClusterState, layout: crate::layout::Layout) -> Option<
                 name,
                 size: VOLUME_SIZE,
                 legs,
+                granularity: Default::default(),
             }));
         };
         if let Some(leg) = volume.legs.iter().find(|l| l.state != LegState::UpToDate) {
