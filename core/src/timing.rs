@@ -97,6 +97,34 @@ pub const WATCHDOG_SILENT_MIN_MS: u64 = 200;
 pub const WATCHDOG_POLL_MS: u64 = 50;
 /// How long after the watchdog killed a frozen daemon a service manager starts it again.
 pub const WATCHDOG_RESTART_MS: u64 = 1000;
+/// Escalation: a daemon that still pets, but still holds running resources this long after
+/// the lease it announced ran out, is fenced like a frozen one (a failed or hung stop;
+/// Pacemaker fences a node whose stop failed). Why 300: the agent notices the lapse within
+/// one round (50 ms) and stops every resource at once; a stop that has not finished 250 ms
+/// later is hung or failing (the agent retries a failed stop every 100 ms without a lease),
+/// and waiting longer would eat the budget below.
+pub const WATCHDOG_ESCALATE_MS: u64 = 300;
+/// What the fence itself may take: SIGKILL of the daemon (its exec services follow through
+/// PDEATHSIG as the kernel reaps it), one `ip addr del` per virtual IP and one
+/// `systemctl kill` per systemd unit (a fork and exec each: milliseconds, 100 on a loaded box).
+pub const WATCHDOG_FENCE_MS: u64 = 100;
+
+/// The latest moment, after the lapse of the lease the daemon announced, by which the
+/// watchdog has fenced a node that still holds resources (frozen or not): the escalation
+/// deadline, plus one poll of the watchdog's loop, plus the fence itself.
+pub const WATCHDOG_FENCED_BY_MS: u64 = WATCHDOG_ESCALATE_MS + WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS;
+
+// The deadline arithmetic. No other node may take over before `failover_timeout` after the
+// leader last heard from this node, and this node's lease lapsed by `lease_timeout` after
+// that; every valid failover timeout exceeds `lease_timeout + FAILOVER_MARGIN_MS`
+// (`scheduler::check_failover_timeout`). So a node has strictly more than
+// `FAILOVER_MARGIN_MS` after its lapse, and the watchdog must be done within it, whichever
+// rule fires (a frozen daemon: the slack; a live one that still holds: the escalation). The
+// lease end the watchdog uses is the one the daemon measured on the shared monotonic clock,
+// so the pipe adds no delay to it.
+const _: () = assert!(WATCHDOG_FENCED_BY_MS < crate::scheduler::FAILOVER_MARGIN_MS);
+const _: () = assert!(WATCHDOG_SLACK_MS < WATCHDOG_ESCALATE_MS);
+const _: () = assert!(WATCHDOG_SILENT_MIN_MS <= WATCHDOG_ESCALATE_MS);
 
 #[cfg(test)]
 mod tests {
@@ -109,6 +137,23 @@ mod tests {
         assert!(timing.node_timeout_ms <= 1500);
         // Worst-case election timeout stays well below the 2 s leader-replacement promise.
         assert!(2 * timing.election_ticks as u64 * timing.tick_ms < 2000);
+    }
+
+    #[test]
+    fn the_watchdog_fences_before_any_valid_failover_timeout_runs_out() {
+        let timing = Timing::default();
+        // The tightest failover timeout the scheduler accepts, and the default one.
+        let tightest = crate::scheduler::min_failover_timeout_ms(&timing) + 1;
+        assert!(crate::scheduler::check_failover_timeout(tightest, &timing).is_ok());
+        for failover in [
+            tightest,
+            crate::scheduler::default_failover_timeout_ms(&timing),
+        ] {
+            let budget = failover - timing.lease_timeout_ms;
+            assert!(WATCHDOG_FENCED_BY_MS < budget, "{failover}");
+            let frozen = WATCHDOG_SLACK_MS + WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS;
+            assert!(frozen < budget, "{failover}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use rand::Rng;
 use tandem_core::timing::{
-    WATCHDOG_POLL_MS, WATCHDOG_RESTART_MS, WATCHDOG_SILENT_MIN_MS,
+    WATCHDOG_ESCALATE_MS, WATCHDOG_POLL_MS, WATCHDOG_RESTART_MS, WATCHDOG_SILENT_MIN_MS,
     WATCHDOG_SILENT_WITHOUT_LEASE_MS, WATCHDOG_SLACK_MS,
 };
 use tandem_core::NodeId;
@@ -151,20 +151,63 @@ impl World {
         }
     }
 
-    /// The watchdog's deadline passed: a process still frozen is killed (its services and
-    /// virtual IPs go with it) and restarted, as systemd would, a second later.
+    /// Escalation (issue #5): the watchdog fences a process that still holds resources
+    /// `WATCHDOG_ESCALATE_MS` after the end of the lease it announced, frozen or not (a stop
+    /// that failed or hangs). Armed for every new lease end the process reports; the check
+    /// comes one poll of the watchdog later, and does nothing if the lease was renewed.
+    pub(super) fn arm_escalation(&mut self, node: NodeId, lease_until: u64) {
+        let Some(machine) = self.machines.get(&node) else {
+            return;
+        };
+        if !self.options.watchdog || !machine.running() || !self.has_groups() {
+            return;
+        }
+        let event = Event::Watchdog {
+            node,
+            incarnation: machine.incarnation,
+        };
+        let at = (lease_until + WATCHDOG_ESCALATE_MS + WATCHDOG_POLL_MS).max(self.now);
+        self.queue.push(at, event);
+    }
+
+    /// The watchdog looks (`Watch::verdict`): a process still frozen past the deadline armed at
+    /// the freeze, or one whose agent still holds resources past the escalation deadline, is
+    /// killed (its services and virtual IPs go with it) and restarted, as systemd would, a
+    /// second later.
     pub(super) fn on_watchdog(&mut self, node: NodeId, incarnation: u32) -> Result<(), Violation> {
-        let frozen = self.machines.get(&node).is_some_and(|machine| {
-            machine.running()
-                && machine.incarnation == incarnation
-                && machine.paused_until > self.now
-        });
-        if !frozen {
+        let now = self.now;
+        let Some(machine) = self.machines.get(&node) else {
+            return Ok(());
+        };
+        if !machine.running() || machine.incarnation != incarnation {
             return Ok(());
         }
-        self.stop(node, "killed by its watchdog: frozen past its lease", false)?;
+        // A freeze's event is armed for its deadline (never earlier than the lease's end plus
+        // the slack); an escalation's may find the process frozen too, but for a renewed lease.
+        let lease_until = machine.lease_until;
+        let frozen = machine.paused_until > now
+            && (lease_until == 0 || now >= lease_until + WATCHDOG_SLACK_MS + WATCHDOG_POLL_MS);
+        // What the last pet said: the agent may still run something of a group.
+        let holding = match (&machine.core, &machine.host) {
+            (Some(core), Some(host)) => core
+                .state()
+                .groups
+                .keys()
+                .any(|name| host.agent.is_active(name)),
+            _ => false,
+        };
+        let escalate =
+            lease_until > 0 && now >= lease_until + WATCHDOG_ESCALATE_MS + WATCHDOG_POLL_MS;
+        if frozen {
+            self.stop(node, "killed by its watchdog: frozen past its lease", false)?;
+        } else if escalate && holding {
+            let why = "killed by its watchdog: still holding resources past its lease";
+            self.stop(node, why, false)?;
+        } else {
+            return Ok(());
+        }
         self.queue
-            .push(self.now + WATCHDOG_RESTART_MS, Event::Restart { node });
+            .push(now + WATCHDOG_RESTART_MS, Event::Restart { node });
         Ok(())
     }
 

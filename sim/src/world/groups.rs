@@ -647,7 +647,8 @@ impl World {
         Ok(())
     }
 
-    /// Notes when `id`'s lease ends, as its process says now (after every call into it).
+    /// Notes when `id`'s lease ends, as its process says now (after every call into it), and
+    /// has the watchdog look at that end (as the real one learns it from the next pet).
     pub(super) fn note_lease(&mut self, id: NodeId) {
         let now = self.now;
         let Some(machine) = self.machines.get_mut(&id) else {
@@ -657,11 +658,16 @@ impl World {
             Some(core) => core.node_lease_remaining(machine.local(now)),
             None => 0,
         };
-        machine.lease_until = if remaining > 0 {
+        let until = if remaining > 0 {
             now + remaining
         } else {
             machine.lease_until.min(now)
         };
+        let changed = until != machine.lease_until;
+        machine.lease_until = until;
+        if changed && until > 0 {
+            self.arm_escalation(id, until);
+        }
     }
 
     /// The one-active checkers on the ground truth, now: no group on two machines, and no
