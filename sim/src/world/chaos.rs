@@ -11,6 +11,7 @@ use super::{ActiveFault, Phase, World};
 use crate::checkers::Violation;
 use crate::events::Event;
 use crate::faults::{self, Fault, View};
+use crate::machine::Machine;
 use crate::trace::TraceEvent;
 
 impl World {
@@ -132,8 +133,10 @@ impl World {
         if !self.options.watchdog || !machine.running() {
             return;
         }
-        // What the agent runs here (the pets' `holding`): the resources it started.
-        if machine.fakes.managed_groups().is_empty() {
+        // What the agent may run here (the pets' `holding`, a start in flight included), or
+        // the resources it started.
+        let holding = agent_holds(machine);
+        if !holding && machine.fakes.managed_groups().is_empty() {
             return;
         }
         let silent_from = self.now + WATCHDOG_SILENT_MIN_MS;
@@ -182,27 +185,24 @@ impl World {
         if !machine.running() || machine.incarnation != incarnation {
             return Ok(());
         }
-        // A freeze's event is armed for its deadline (never earlier than the lease's end plus
-        // the slack); an escalation's may find the process frozen too, but for a renewed lease.
-        let lease_until = machine.lease_until;
-        let frozen = machine.paused_until > now
-            && (lease_until == 0 || now >= lease_until + WATCHDOG_SLACK_MS + WATCHDOG_POLL_MS);
         // What the last pet said: the agent may still run something of a group.
-        let holding = match (&machine.core, &machine.host) {
-            (Some(core), Some(host)) => core
-                .state()
-                .groups
-                .keys()
-                .any(|name| host.agent.is_active(name)),
-            _ => false,
-        };
-        let escalate =
-            lease_until > 0 && now >= lease_until + WATCHDOG_ESCALATE_MS + WATCHDOG_POLL_MS;
-        if frozen {
-            self.stop(node, "killed by its watchdog: frozen past its lease", false)?;
-        } else if escalate && holding {
+        let holding = agent_holds(machine);
+        // A freeze's event is armed for its deadline (never earlier than the lease's end plus
+        // the slack) while it runs something; an escalation's may find the process frozen
+        // too, but for a lease renewed since.
+        let lease_until = machine.lease_until;
+        let runs_something = holding || !machine.fakes.managed_groups().is_empty();
+        let frozen = machine.paused_until > now
+            && runs_something
+            && (lease_until == 0 || now >= lease_until + WATCHDOG_SLACK_MS + WATCHDOG_POLL_MS);
+        let escalate = holding
+            && lease_until > 0
+            && now >= lease_until + WATCHDOG_ESCALATE_MS + WATCHDOG_POLL_MS;
+        if escalate {
             let why = "killed by its watchdog: still holding resources past its lease";
             self.stop(node, why, false)?;
+        } else if frozen {
+            self.stop(node, "killed by its watchdog: frozen past its lease", false)?;
         } else {
             return Ok(());
         }
@@ -264,5 +264,18 @@ impl World {
         }
         self.queue.push(self.now + 20, Event::Probe);
         Ok(())
+    }
+}
+
+/// What the process's last pet said: its agent may run something of a group (as the daemon's
+/// `watchdog_pet` computes it).
+fn agent_holds(machine: &Machine) -> bool {
+    match (&machine.core, &machine.host) {
+        (Some(core), Some(host)) => core
+            .state()
+            .groups
+            .keys()
+            .any(|name| host.agent.is_active(name)),
+        _ => false,
     }
 }
