@@ -97,34 +97,44 @@ pub const WATCHDOG_SILENT_MIN_MS: u64 = 200;
 pub const WATCHDOG_POLL_MS: u64 = 50;
 /// How long after the watchdog killed a frozen daemon a service manager starts it again.
 pub const WATCHDOG_RESTART_MS: u64 = 1000;
-/// Escalation: a daemon that still pets, but still holds running resources this long after
-/// the lease it announced ran out, is fenced like a frozen one (a failed or hung stop;
-/// Pacemaker fences a node whose stop failed). Why 300: the agent notices the lapse within
-/// one round (50 ms) and stops every resource at once; a stop that has not finished 250 ms
-/// later is hung or failing (the agent retries a failed stop every 100 ms without a lease),
-/// and waiting longer would eat the budget below.
-pub const WATCHDOG_ESCALATE_MS: u64 = 300;
 /// What the fence itself may take: SIGKILL of the daemon (its exec services follow through
 /// PDEATHSIG as the kernel reaps it), one `ip addr del` per virtual IP and one
 /// `systemctl kill` per systemd unit (a fork and exec each: milliseconds, 100 on a loaded box).
 pub const WATCHDOG_FENCE_MS: u64 = 100;
+/// Kept free between the end of the fence and the earliest takeover: scheduling jitter of the
+/// watchdog's own timer on a loaded machine.
+pub const WATCHDOG_SAFETY_MS: u64 = 50;
 
-/// The latest moment, after the lapse of the lease the daemon announced, by which the
-/// watchdog has fenced a node that still holds resources (frozen or not): the escalation
-/// deadline, plus one poll of the watchdog's loop, plus the fence itself.
-pub const WATCHDOG_FENCED_BY_MS: u64 = WATCHDOG_ESCALATE_MS + WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS;
+/// How long a node has, after its lease lapsed, before another node may take its groups over:
+/// the leader fences a holder it last heard from at `t` at `t + failover_timeout`, and the
+/// holder's lease lapsed by `t + lease_timeout` (`scheduler::min_failover_timeout_ms`). So
+/// this is `FAILOVER_MARGIN_MS + ping_interval_ms`, 650 ms by default, never 500 or less. (The
+/// cluster's arithmetic assumes every node runs the same timing.)
+pub fn self_fence_budget_ms(timing: &Timing) -> u64 {
+    crate::scheduler::default_failover_timeout_ms(timing).saturating_sub(timing.lease_timeout_ms)
+}
 
-// The deadline arithmetic. No other node may take over before `failover_timeout` after the
-// leader last heard from this node, and this node's lease lapsed by `lease_timeout` after
-// that; every valid failover timeout exceeds `lease_timeout + FAILOVER_MARGIN_MS`
-// (`scheduler::check_failover_timeout`). So a node has strictly more than
-// `FAILOVER_MARGIN_MS` after its lapse, and the watchdog must be done within it, whichever
-// rule fires (a frozen daemon: the slack; a live one that still holds: the escalation). The
-// lease end the watchdog uses is the one the daemon measured on the shared monotonic clock,
-// so the pipe adds no delay to it.
-const _: () = assert!(WATCHDOG_FENCED_BY_MS < crate::scheduler::FAILOVER_MARGIN_MS);
-const _: () = assert!(WATCHDOG_SLACK_MS < WATCHDOG_ESCALATE_MS);
-const _: () = assert!(WATCHDOG_SILENT_MIN_MS <= WATCHDOG_ESCALATE_MS);
+/// Escalation (issue #5): a daemon that still pets, but still holds running resources this
+/// long after the lease it announced ran out, is fenced like a frozen one: a stop failed or
+/// hangs (Pacemaker fences a node whose stop failed). It is the budget minus one poll of the
+/// watchdog, the fence and the safety margin, so the fence is over strictly before any other
+/// node may take over: 450 ms by default. Why not sooner: an ordinary stop without a lease
+/// takes up to ~350 ms after the lapse (writes held at the lapse wait `LEASE_WAIT_AFTER_LOSS`,
+/// 300 ms, then fail and the file system unmounts), and the daemon pets at once when it stops
+/// holding; escalating sooner kills healthy self-fencing nodes.
+pub fn watchdog_escalate_ms(timing: &Timing) -> u64 {
+    self_fence_budget_ms(timing)
+        .saturating_sub(WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS + WATCHDOG_SAFETY_MS)
+}
+
+// Whatever the timing, escalation comes after the frozen rule's slack, and a frozen daemon is
+// fenced within the smallest budget (`FAILOVER_MARGIN_MS`, checked by
+// `scheduler::check_failover_timeout`). The lease end the watchdog uses is the one the daemon
+// measured on the shared monotonic clock, so the pipe adds no delay to it.
+const _: () = assert!(
+    crate::scheduler::FAILOVER_MARGIN_MS
+        > WATCHDOG_SLACK_MS + WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS + WATCHDOG_SAFETY_MS
+);
 
 #[cfg(test)]
 mod tests {
@@ -140,20 +150,25 @@ mod tests {
     }
 
     #[test]
-    fn the_watchdog_fences_before_any_valid_failover_timeout_runs_out() {
-        let timing = Timing::default();
-        // The tightest failover timeout the scheduler accepts, and the default one.
-        let tightest = crate::scheduler::min_failover_timeout_ms(&timing) + 1;
-        assert!(crate::scheduler::check_failover_timeout(tightest, &timing).is_ok());
-        for failover in [
-            tightest,
-            crate::scheduler::default_failover_timeout_ms(&timing),
-        ] {
-            let budget = failover - timing.lease_timeout_ms;
-            assert!(WATCHDOG_FENCED_BY_MS < budget, "{failover}");
+    fn the_watchdog_fences_before_the_failover_timeout_runs_out() {
+        for ping_interval_ms in [1, 50, 150, 400] {
+            let timing = Timing {
+                ping_interval_ms,
+                ..Timing::default()
+            };
+            let budget =
+                crate::scheduler::default_failover_timeout_ms(&timing) - timing.lease_timeout_ms;
+            assert_eq!(self_fence_budget_ms(&timing), budget);
+            let escalated = watchdog_escalate_ms(&timing) + WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS;
+            assert!(
+                escalated < budget,
+                "ping {ping_interval_ms}: {escalated} >= {budget}"
+            );
             let frozen = WATCHDOG_SLACK_MS + WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS;
-            assert!(frozen < budget, "{failover}");
+            assert!(frozen < budget, "ping {ping_interval_ms}");
+            assert!(watchdog_escalate_ms(&timing) > WATCHDOG_SLACK_MS);
         }
+        assert_eq!(watchdog_escalate_ms(&Timing::default()), 450);
     }
 
     #[test]

@@ -139,6 +139,7 @@ fn watchdog_pet(core: &NodeCore, agents: &AgentHost, at_ms: u64, now_ms: u64) ->
     let mut pet = Pet {
         at_ms,
         lease_ms: core.node_lease_remaining(now_ms),
+        escalate_ms: tandem_core::timing::watchdog_escalate_ms(core.timing()),
         ..Pet::default()
     };
     for (name, group) in &core.state().groups {

@@ -14,10 +14,10 @@
 //!   the groups it holds;
 //! - when the pets stop (for at least 200 ms) while the node runs something, and the last
 //!   lease they announced has run out (plus a 200 ms slack), the daemon is frozen;
-//! - when the daemon still pets but still holds running resources 300 ms after its lease ran
-//!   out, a stop failed or hangs (issue #5: Pacemaker fences a node whose stop failed): the
-//!   same fence, before any other node may take over (`core::timing::WATCHDOG_*` has the
-//!   arithmetic);
+//! - when the daemon still pets but still holds running resources past the escalation delay
+//!   it announced (450 ms after its lease ran out by default), a stop failed or hangs (issue
+//!   #5: Pacemaker fences a node whose stop failed): the same fence, over before any other
+//!   node may take over (`core::timing::watchdog_escalate_ms` has the arithmetic);
 //! - the fence: SIGKILL of the daemon (its exec services die with it through PDEATHSIG, its
 //!   FUSE exports end), `systemctl kill --signal=SIGKILL` of its systemd units (not its
 //!   children), and removal of its IPs. Services an OCF agent daemonized are not the daemon's
@@ -28,8 +28,8 @@
 //!
 //! The decision is a pure function of the pets and the time ([`Watch`]); the process part is
 //! thin. The protocol is one text line per message on the watchdog's standard input:
-//! `pet <at_ms> <lease_ms> <holding 0|1> <cidr,cidr,...|-> <unit,unit,...|->` or `bye`, where
-//! `at_ms` is `CLOCK_MONOTONIC` in ms when the daemon measured `lease_ms`.
+//! `pet <at_ms> <lease_ms> <escalate_ms> <holding 0|1> <cidr,cidr,...|-> <unit,unit,...|->` or
+//! `bye`, where `at_ms` is `CLOCK_MONOTONIC` in ms when the daemon measured `lease_ms`.
 
 use std::io::{self, BufRead, Write};
 use std::os::fd::AsRawFd;
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 /// How often the daemon pets.
 pub const PET_INTERVAL: Duration = Duration::from_millis(100);
 use tandem_core::timing::{
-    WATCHDOG_ESCALATE_MS as ESCALATE_MS, WATCHDOG_POLL_MS, WATCHDOG_SILENT_MIN_MS as SILENT_MIN_MS,
+    WATCHDOG_POLL_MS, WATCHDOG_SILENT_MIN_MS as SILENT_MIN_MS,
     WATCHDOG_SILENT_WITHOUT_LEASE_MS as SILENT_WITHOUT_LEASE_MS, WATCHDOG_SLACK_MS as SLACK_MS,
 };
 
@@ -54,6 +54,9 @@ pub struct Pet {
     pub at_ms: u64,
     /// The node lease left at `at_ms`, in ms (0: none).
     pub lease_ms: u64,
+    /// Fence a daemon still holding resources this long after its lease ran out
+    /// (`core::timing::watchdog_escalate_ms` of the daemon's timing; never below the slack).
+    pub escalate_ms: u64,
     /// Whether the agent may have resources of some group running here.
     pub holding: bool,
     /// The virtual IPs (CIDR) of those groups.
@@ -109,9 +112,10 @@ impl Pet {
     /// The line that carries this pet.
     pub fn encode(&self) -> String {
         format!(
-            "pet {} {} {} {} {}\n",
+            "pet {} {} {} {} {} {}\n",
             self.at_ms,
             self.lease_ms,
+            self.escalate_ms,
             u8::from(self.holding),
             join_list(&self.addresses),
             join_list(&self.units)
@@ -128,11 +132,14 @@ pub fn parse_line(line: &str) -> Result<Message, BadLine> {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["bye"] => Ok(Message::Bye),
-        ["pet", at, lease, holding, addresses, units] => {
+        ["pet", at, lease, escalate, holding, addresses, units] => {
             let at_ms = at.parse().map_err(|_| bad("the time is not a number"))?;
             let lease_ms = lease
                 .parse()
                 .map_err(|_| bad("the lease is not a number"))?;
+            let escalate_ms = escalate
+                .parse()
+                .map_err(|_| bad("the escalation delay is not a number"))?;
             let holding = match *holding {
                 "0" => false,
                 "1" => true,
@@ -141,13 +148,14 @@ pub fn parse_line(line: &str) -> Result<Message, BadLine> {
             Ok(Message::Pet(Pet {
                 at_ms,
                 lease_ms,
+                escalate_ms,
                 holding,
                 addresses: split_list(addresses),
                 units: split_list(units),
             }))
         }
         _ => Err(bad(
-            "expected `pet AT_MS LEASE_MS 0|1 CIDRS|- UNITS|-` or `bye`",
+            "expected `pet AT_MS LEASE_MS ESCALATE_MS 0|1 CIDRS|- UNITS|-` or `bye`",
         )),
     }
 }
@@ -228,11 +236,12 @@ impl Watch {
         }
         // A daemon that lost its lease has until `failover_timeout - lease_timeout` after the
         // lapse to stop everything: a frozen one is fenced soon after the lapse, a live one
-        // that still holds resources a little later (core::timing::WATCHDOG_FENCED_BY_MS).
+        // that still holds resources a little later (core::timing::watchdog_escalate_ms).
+        let escalate_ms = self.last.escalate_ms.max(SLACK_MS);
         let (frozen_at, escalate_at) = match self.lease_end {
             Some(end) => (
                 (end + SLACK_MS).max(at + SILENT_MIN_MS),
-                Some(end + ESCALATE_MS),
+                Some(end + escalate_ms),
             ),
             None => (at + SILENT_WITHOUT_LEASE_MS, None),
         };
@@ -242,7 +251,7 @@ impl Watch {
             }
         } else if let Some(limit) = escalate_at.filter(|&limit| now > limit) {
             FenceWhy::StillHolding {
-                past_lease_ms: now - (limit - ESCALATE_MS),
+                past_lease_ms: now - (limit - escalate_ms),
             }
         } else {
             return Verdict::Wait;
@@ -390,7 +399,8 @@ fn interface_holding(cidr: &str) -> Option<String> {
 pub struct WatchdogLink {
     child: Child,
     stdin: Option<ChildStdin>,
-    last_pet: Option<Instant>,
+    /// When the last pet was sent, and whether it said the node holds resources.
+    last_pet: Option<(Instant, bool)>,
 }
 
 impl WatchdogLink {
@@ -415,16 +425,17 @@ impl WatchdogLink {
         })
     }
 
-    /// Sends `pet` if a pet interval passed. `Err` when the watchdog is gone.
+    /// Sends `pet` if a pet interval passed, or at once when whether the node holds anything
+    /// changed (a node that finished stopping must not wait a pet interval to say so: the
+    /// escalation deadline is near). `Err` when the watchdog is gone.
     pub fn pet(&mut self, pet: &Pet) -> io::Result<()> {
         let now = Instant::now();
-        if self
-            .last_pet
-            .is_some_and(|last| now.duration_since(last) < PET_INTERVAL)
-        {
+        if self.last_pet.is_some_and(|(last, holding)| {
+            now.duration_since(last) < PET_INTERVAL && holding == pet.holding
+        }) {
             return Ok(());
         }
-        self.last_pet = Some(now);
+        self.last_pet = Some((now, pet.holding));
         self.send(&pet.encode())
     }
 
@@ -471,13 +482,19 @@ fn set_nonblocking(stdin: &ChildStdin) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_core::timing::{WATCHDOG_FENCED_BY_MS, WATCHDOG_FENCE_MS, WATCHDOG_POLL_MS};
+    use tandem_core::timing::{
+        self_fence_budget_ms, watchdog_escalate_ms, Timing, WATCHDOG_FENCE_MS, WATCHDOG_POLL_MS,
+    };
+
+    /// The default escalation delay (450 ms).
+    const ESCALATE_MS: u64 = 450;
 
     /// A pet sent at `at` (the watchdog hears it at once unless a test says otherwise).
     fn pet(at_ms: u64, lease_ms: u64, holding: bool, addresses: &[&str]) -> Message {
         Message::Pet(Pet {
             at_ms,
             lease_ms,
+            escalate_ms: ESCALATE_MS,
             holding,
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
             units: Vec::new(),
@@ -493,23 +510,26 @@ mod tests {
 
     #[test]
     fn pets_round_trip_and_bad_lines_are_named() {
+        assert_eq!(watchdog_escalate_ms(&Timing::default()), ESCALATE_MS);
         let sent = Pet {
             at_ms: 123_456,
             lease_ms: 870,
+            escalate_ms: 450,
             holding: true,
             addresses: vec!["10.0.0.5/24".into(), "10.0.1.5/24".into()],
             units: vec!["web.service".into()],
         };
         assert_eq!(parse_line(&sent.encode()), Ok(Message::Pet(sent)));
-        assert_eq!(parse_line("pet 5 0 0 - -"), Ok(pet(5, 0, false, &[])));
+        assert_eq!(parse_line("pet 5 0 450 0 - -"), Ok(pet(5, 0, false, &[])));
         assert_eq!(parse_line("bye\n"), Ok(Message::Bye));
-        let error = parse_line("pet 5 soon 1 - -").expect_err("not a number");
+        let error = parse_line("pet 5 soon 450 1 - -").expect_err("not a number");
         assert!(
             error.to_string().contains("the lease is not a number"),
             "{error}"
         );
-        assert!(parse_line("pet x 1 1 - -").is_err());
-        assert!(parse_line("pet 5 1 2 - -").is_err());
+        assert!(parse_line("pet x 1 450 1 - -").is_err());
+        assert!(parse_line("pet 5 1 x 1 - -").is_err());
+        assert!(parse_line("pet 5 1 450 2 - -").is_err());
         assert!(
             parse_line("pet 900 1 -").is_err(),
             "the old line is refused"
@@ -597,10 +617,10 @@ mod tests {
                 silent_ms: SILENT_MIN_MS + 1
             })
         );
-        // Frozen later, at 1100: the escalation deadline comes first.
+        // Frozen later, at 1300: the escalation deadline comes first.
         let mut late = Watch::default();
         late.heard(0, pet(0, 900, true, &[]));
-        late.heard(1100, pet(1100, 0, true, &[]));
+        late.heard(1300, pet(1300, 0, true, &[]));
         assert_eq!(late.verdict(900 + ESCALATE_MS, false), Verdict::Wait);
         assert!(matches!(
             fenced(late.verdict(900 + ESCALATE_MS + 1, false)),
@@ -619,6 +639,7 @@ mod tests {
             let still = Pet {
                 at_ms: now,
                 lease_ms: 0,
+                escalate_ms: ESCALATE_MS,
                 holding: true,
                 addresses: vec!["10.0.0.5/24".into()],
                 units: units.clone(),
@@ -632,8 +653,10 @@ mod tests {
             now += WATCHDOG_POLL_MS;
         };
         assert!(now > 900 + ESCALATE_MS, "fenced early, at {now}");
-        // Decided within one poll of the escalation deadline; the fence has its own budget.
-        assert!(now <= 900 + WATCHDOG_FENCED_BY_MS - WATCHDOG_FENCE_MS);
+        // Decided within one poll of the escalation deadline, and fenced (with the fence's own
+        // budget) before the cluster may move the group.
+        assert!(now <= 900 + ESCALATE_MS + WATCHDOG_POLL_MS);
+        assert!(now + WATCHDOG_FENCE_MS < 900 + self_fence_budget_ms(&Timing::default()));
         assert_eq!(
             verdict,
             Verdict::Fence(Fence {
@@ -652,7 +675,7 @@ mod tests {
         let mut watch = Watch::default();
         watch.heard(0, pet(0, 900, true, &[]));
         watch.heard(200, pet(200, 0, true, &[]));
-        for now in [300, 400] {
+        for now in (300..=600).step_by(100) {
             watch.heard(now, pet(now, 0, true, &[]));
         }
         assert_eq!(watch.verdict(200 + ESCALATE_MS, false), Verdict::Wait);

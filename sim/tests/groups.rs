@@ -352,7 +352,7 @@ fn without_the_watchdog_a_frozen_daemon_breaks_the_deadline() {
 /// Was the last gap of the default mix (18 of 1,000 seeds, issue #5): a node lost its lease
 /// and began stopping its group, but a stop failed (and its retries) or ran long, so the
 /// process, alive and running, still ran a resource past the deadline. Closed by the
-/// watchdog's escalation: a daemon still holding resources `WATCHDOG_ESCALATE_MS` after its
+/// watchdog's escalation: a daemon still holding resources `watchdog_escalate_ms` after its
 /// lease ran out is killed like a frozen one. Each seed failed before, and passes because of
 /// that kill (its trace shows it).
 #[test]

@@ -2,7 +2,7 @@
 
 use rand::Rng;
 use tandem_core::timing::{
-    WATCHDOG_ESCALATE_MS, WATCHDOG_POLL_MS, WATCHDOG_RESTART_MS, WATCHDOG_SILENT_MIN_MS,
+    watchdog_escalate_ms, WATCHDOG_POLL_MS, WATCHDOG_RESTART_MS, WATCHDOG_SILENT_MIN_MS,
     WATCHDOG_SILENT_WITHOUT_LEASE_MS, WATCHDOG_SLACK_MS,
 };
 use tandem_core::NodeId;
@@ -155,7 +155,7 @@ impl World {
     }
 
     /// Escalation (issue #5): the watchdog fences a process that still holds resources
-    /// `WATCHDOG_ESCALATE_MS` after the end of the lease it announced, frozen or not (a stop
+    /// `watchdog_escalate_ms` (450 ms by default) after the end of the lease it announced, frozen or not (a stop
     /// that failed or hangs). Armed for every new lease end the process reports; the check
     /// comes one poll of the watchdog later, and does nothing if the lease was renewed.
     pub(super) fn arm_escalation(&mut self, node: NodeId, lease_until: u64) {
@@ -169,7 +169,8 @@ impl World {
             node,
             incarnation: machine.incarnation,
         };
-        let at = (lease_until + WATCHDOG_ESCALATE_MS + WATCHDOG_POLL_MS).max(self.now);
+        let escalate_ms = watchdog_escalate_ms(&self.scenario.timing);
+        let at = (lease_until + escalate_ms + WATCHDOG_POLL_MS).max(self.now);
         self.queue.push(at, event);
     }
 
@@ -197,7 +198,7 @@ impl World {
             && (lease_until == 0 || now >= lease_until + WATCHDOG_SLACK_MS + WATCHDOG_POLL_MS);
         let escalate = holding
             && lease_until > 0
-            && now >= lease_until + WATCHDOG_ESCALATE_MS + WATCHDOG_POLL_MS;
+            && now >= lease_until + watchdog_escalate_ms(&self.scenario.timing) + WATCHDOG_POLL_MS;
         if escalate {
             let why = "killed by its watchdog: still holding resources past its lease";
             self.stop(node, why, false)?;
