@@ -200,9 +200,11 @@ impl World {
             && lease_until > 0
             && now >= lease_until + watchdog_escalate_ms(&self.scenario.timing) + WATCHDOG_POLL_MS;
         if escalate {
+            self.group_stats.watchdog_escalations += 1;
             let why = "killed by its watchdog: still holding resources past its lease";
             self.stop(node, why, false)?;
         } else if frozen {
+            self.group_stats.watchdog_frozen += 1;
             self.stop(node, "killed by its watchdog: frozen past its lease", false)?;
         } else {
             return Ok(());

@@ -76,6 +76,11 @@ pub struct GroupStats {
     pub hand_copies_left: u64,
     /// From the heal until every group ran where placed.
     pub settle_ms: u64,
+    /// Processes the watchdog killed because they were frozen past their lease.
+    pub watchdog_frozen: u64,
+    /// Processes the watchdog killed because they still held resources past their lease
+    /// (escalation of a stop that failed or ran long).
+    pub watchdog_escalations: u64,
 }
 
 impl World {
