@@ -155,9 +155,10 @@ impl World {
     }
 
     /// Escalation (issue #5): the watchdog fences a process that still holds resources
-    /// `watchdog_escalate_ms` (450 ms by default) after the end of the lease it announced, frozen or not (a stop
-    /// that failed or hangs). Armed for every new lease end the process reports; the check
-    /// comes one poll of the watchdog later, and does nothing if the lease was renewed.
+    /// `watchdog_escalate_ms` (450 ms by default) after the end of the lease it announced,
+    /// frozen or not (a stop that failed or hangs). Armed for every new lease end the process
+    /// reports; the check comes one poll of the watchdog later, and does nothing if the lease
+    /// was renewed since.
     pub(super) fn arm_escalation(&mut self, node: NodeId, lease_until: u64) {
         let Some(machine) = self.machines.get(&node) else {
             return;
