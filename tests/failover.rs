@@ -43,16 +43,24 @@ struct App {
 /// check every second; prefers a, then b. Returns once the group is healthy on a and both
 /// legs are UpToDate (the group's promotion on a starts the initial sync of b's leg).
 fn counter_app(rig: &Rig) -> App {
-    counter_app_with(rig, None)
+    counter_app_with(rig, None, false)
 }
 
-/// [`counter_app`] with mount options for the filesystem.
-fn counter_app_with(rig: &Rig, mount_options: Option<&str>) -> App {
+/// [`counter_app`] with mount options for the filesystem; with `ignore_sigterm` the counter
+/// service ignores SIGTERM (the signal an `exec` stop sends first), so its stop hangs until
+/// the stop timeout (60 s).
+fn counter_app_with(rig: &Rig, mount_options: Option<&str>, ignore_sigterm: bool) -> App {
     rig.create_volume("db", "64M");
     let vip = rig.cluster.lab.spare_address(0);
     let mount = rig.root().join("mnt-g");
+    // An ignored signal stays ignored across exec.
+    let trap = if ignore_sigterm {
+        "trap \"\" TERM; "
+    } else {
+        ""
+    };
     let exec = format!(
-        "sh -c 'exec {} counter-service --dir {} --listen {vip}:{PORT} \
+        "sh -c '{trap}exec {} counter-service --dir {} --listen {vip}:{PORT} \
          --name \"$(readlink /proc/self/ns/net)\"'",
         tandem_bin().display(),
         mount.display()
@@ -262,7 +270,7 @@ fn partition_case(tag: &str, under_load: bool) {
     // init, atime updates), so nothing is in flight at the cut. The loaded case has writes in
     // flight at the cut by design.
     let options = (!under_load).then_some("noatime,noinit_itable");
-    let app = counter_app_with(&rig, options);
+    let app = counter_app_with(&rig, options, false);
     assert_eq!(rig.increments(app.target, 5), [1, 2, 3, 4, 5]);
     let counter_a = rig
         .service_pid("a", app.group, SERVICE)
@@ -555,6 +563,91 @@ fn a_frozen_active_daemon_is_fenced_by_its_watchdog_before_b_takes_over() {
         "an acknowledged increment was lost"
     );
     assert!(rig.has_address("b", app.vip), "the VIP is not on b");
+}
+
+/// The unix ms at which a's watchdog says it fenced, and why, from its line in a's daemon log
+/// (`watchdog: fencing at unix ms X: REASON: killing it ...`).
+fn watchdog_fence_line(rig: &Rig, node: &str) -> Option<(u64, String)> {
+    let log = rig.cluster.node(node).log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("watchdog: fencing at unix ms"))?;
+    let rest = line.split("fencing at unix ms ").nth(1)?;
+    let (at, reason) = rest.split_once(':')?;
+    Some((at.trim().parse().ok()?, reason.trim().to_string()))
+}
+
+/// Stop escalation (issue #5): a is cut off while its service ignores SIGTERM, so the stop
+/// of its self-fencing hangs (the exec stop waits 60 s for SIGTERM to work). The daemon
+/// still runs and pets its watchdog, but still holds running resources past its lease: the
+/// watchdog kills it (the service dies with it) and removes the VIP, before b is promoted;
+/// b then serves every acknowledged increment.
+#[test]
+fn a_hung_stop_without_lease_is_fenced_by_the_watchdog_before_b_takes_over() {
+    let mut rig = Rig::form("fohang");
+    let app = counter_app_with(&rig, Some("noatime,noinit_itable"), true);
+    assert_eq!(rig.increments(app.target, 5), [1, 2, 3, 4, 5]);
+    let counter_a = rig
+        .service_pid("a", app.group, SERVICE)
+        .expect("the counter service runs on a");
+    let daemon_a = rig.cluster.pid("a").expect("a's daemon runs") as i32;
+
+    let mark = rig.mark();
+    let clock = Instant::now();
+    let cut_at = unix_ms();
+    rig.cluster.cut("a");
+    wait_for("a's daemon to be fenced", Duration::from_secs(20), || {
+        (!alive(daemon_a)).then_some(())
+    });
+    let died_after = clock.elapsed();
+    // Looked at at once: the service (PDEATHSIG) and the VIP must already be gone.
+    wait_for(
+        "a's service to die with its daemon",
+        Duration::from_secs(2),
+        || (!alive(counter_a)).then_some(()),
+    );
+    let vip_on_a = rig.has_address("a", app.vip);
+    let (fenced_at, reason) = watchdog_fence_line(&rig, "a").unwrap_or_else(|| {
+        panic!(
+            "a's daemon died without its watchdog's fence line:\n{}",
+            rig.cluster.node("a").log()
+        )
+    });
+    eprintln!(
+        "a's daemon killed {died_after:?} after the cut; the watchdog fenced {} ms after the \
+         cut: {reason}; VIP on a afterwards: {vip_on_a}",
+        fenced_at.saturating_sub(cut_at)
+    );
+    assert!(
+        reason.contains("still holds running resources") && reason.contains("after its lease"),
+        "fenced for another reason: {reason}"
+    );
+    assert!(
+        !vip_on_a,
+        "a still holds the VIP after its watchdog fenced it"
+    );
+    // On real machines a's dead mount stays on a; here every node shares one mount
+    // namespace, so it is removed as the power-loss test does (a's link is already cut).
+    rig.power_loss("a");
+    let promoted = rig.wait_event("w", mark, "b", app.group, "promoted");
+    eprintln!(
+        "b promoted {} ms after the cut, {} ms after a's fence",
+        promoted.at_unix_ms.saturating_sub(cut_at),
+        promoted.at_unix_ms as i64 - fenced_at as i64
+    );
+    assert!(
+        fenced_at < promoted.at_unix_ms,
+        "b was promoted at {} before a's watchdog fenced it at {fenced_at}",
+        promoted.at_unix_ms
+    );
+    rig.wait_event("w", mark, "b", app.group, "healthy");
+    assert_eq!(
+        counter_on(&rig, &app, "b"),
+        5,
+        "an acknowledged increment was lost"
+    );
+    assert!(rig.has_address("b", app.vip), "the VIP is not on b");
+    assert_eq!(rig.group("w", app.group)["node"], "b");
 }
 
 /// The kernel keeps a virtual IP when only the daemon dies. Its watchdog sees the pipe close

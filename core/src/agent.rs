@@ -208,9 +208,17 @@ impl Agent {
         std::mem::take(&mut self.actions)
     }
 
-    /// Whether any resource of `group` may be running here.
+    /// Whether any resource of `group` may be running here: one not known stopped, or one
+    /// whose start is in flight (an `ip addr add` or a spawned service takes effect before the
+    /// start reports back; the watchdog must count it, or a daemon frozen mid-start would not
+    /// be fenced).
     pub fn is_active(&self, group: &str) -> bool {
-        self.groups.get(group).is_some_and(|g| !g.all_stopped())
+        self.groups.get(group).is_some_and(|g| {
+            !g.all_stopped()
+                || g.in_flight
+                    .iter()
+                    .any(|&(_, _, kind)| kind == OpKind::Start)
+        })
     }
 
     /// One round: look at the state and decide the next step of every group.

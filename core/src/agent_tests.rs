@@ -487,6 +487,44 @@ fn a_start_in_flight_is_abandoned_when_the_lease_is_lost() {
     assert!(!world.agent.is_active("db"));
 }
 
+/// Found by the simulator (seed 325): a daemon frozen while the first start of a group was in
+/// flight said it ran nothing, so its watchdog left it alone while the start took effect.
+#[test]
+fn a_group_whose_first_start_is_in_flight_is_active() {
+    let mut world = World::new(A, A);
+    let spec = GroupSpec::new("web", vec![ip()]);
+    world
+        .state
+        .apply(&StateChange::Group(GroupChange::Create { spec }))
+        .unwrap();
+    let place = GroupChange::Placed {
+        group: "web".into(),
+        node: Some(A),
+        epoch: 0,
+    };
+    world.state.apply(&StateChange::Group(place)).unwrap();
+    world.tick(10); // acquire
+    assert!(!world.agent.is_active("web"), "nothing started yet");
+    world.tick(10); // starts the ip
+    assert!(
+        world
+            .runs
+            .iter()
+            .any(|&(_, index, kind)| (index, kind) == (0, OpKind::Start)),
+        "{:?}",
+        world.runs
+    );
+    assert!(
+        world.agent.is_active("web"),
+        "a start in flight may be running"
+    );
+    world.lease = false;
+    world.tick(10);
+    world.complete(0, OpKind::Stop, Outcome::NotRunning);
+    world.tick(10);
+    assert!(!world.agent.is_active("web"));
+}
+
 #[test]
 fn a_promotion_that_commits_after_the_group_moved_is_demoted_before_release() {
     let mut world = World::new(A, A);

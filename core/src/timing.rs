@@ -97,6 +97,44 @@ pub const WATCHDOG_SILENT_MIN_MS: u64 = 200;
 pub const WATCHDOG_POLL_MS: u64 = 50;
 /// How long after the watchdog killed a frozen daemon a service manager starts it again.
 pub const WATCHDOG_RESTART_MS: u64 = 1000;
+/// What the fence itself may take: SIGKILL of the daemon (its exec services follow through
+/// PDEATHSIG as the kernel reaps it), one `ip addr del` per virtual IP and one
+/// `systemctl kill` per systemd unit (a fork and exec each: milliseconds, 100 on a loaded box).
+pub const WATCHDOG_FENCE_MS: u64 = 100;
+/// Kept free between the end of the fence and the earliest takeover: scheduling jitter of the
+/// watchdog's own timer on a loaded machine.
+pub const WATCHDOG_SAFETY_MS: u64 = 50;
+
+/// How long a node has, after its lease lapsed, before another node may take its groups over:
+/// the leader fences a holder it last heard from at `t` at `t + failover_timeout`, and the
+/// holder's lease lapsed by `t + lease_timeout` (`scheduler::min_failover_timeout_ms`). So
+/// this is `FAILOVER_MARGIN_MS + ping_interval_ms`, 650 ms by default, never 500 or less. (The
+/// cluster's arithmetic assumes every node runs the same timing.)
+pub fn self_fence_budget_ms(timing: &Timing) -> u64 {
+    crate::scheduler::default_failover_timeout_ms(timing).saturating_sub(timing.lease_timeout_ms)
+}
+
+/// Escalation (issue #5): a daemon that still pets, but still holds running resources this
+/// long after the lease it announced ran out, is fenced like a frozen one: a stop failed or
+/// hangs (Pacemaker fences a node whose stop failed). It is the budget minus one poll of the
+/// watchdog, the fence and the safety margin, so the fence is over strictly before any other
+/// node may take over: 450 ms by default. Why not sooner: an ordinary stop without a lease
+/// takes up to ~350 ms after the lapse (writes held at the lapse wait `LEASE_WAIT_AFTER_LOSS`,
+/// 300 ms, then fail and the file system unmounts), and the daemon pets at once when it stops
+/// holding; escalating sooner kills healthy self-fencing nodes.
+pub fn watchdog_escalate_ms(timing: &Timing) -> u64 {
+    self_fence_budget_ms(timing)
+        .saturating_sub(WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS + WATCHDOG_SAFETY_MS)
+}
+
+// Whatever the timing, escalation comes after the frozen rule's slack, and a frozen daemon is
+// fenced within the smallest budget (`FAILOVER_MARGIN_MS`, checked by
+// `scheduler::check_failover_timeout`). The lease end the watchdog uses is the one the daemon
+// measured on the shared monotonic clock, so the pipe adds no delay to it.
+const _: () = assert!(
+    crate::scheduler::FAILOVER_MARGIN_MS
+        > WATCHDOG_SLACK_MS + WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS + WATCHDOG_SAFETY_MS
+);
 
 #[cfg(test)]
 mod tests {
@@ -109,6 +147,28 @@ mod tests {
         assert!(timing.node_timeout_ms <= 1500);
         // Worst-case election timeout stays well below the 2 s leader-replacement promise.
         assert!(2 * timing.election_ticks as u64 * timing.tick_ms < 2000);
+    }
+
+    #[test]
+    fn the_watchdog_fences_before_the_failover_timeout_runs_out() {
+        for ping_interval_ms in [1, 50, 150, 400] {
+            let timing = Timing {
+                ping_interval_ms,
+                ..Timing::default()
+            };
+            let budget =
+                crate::scheduler::default_failover_timeout_ms(&timing) - timing.lease_timeout_ms;
+            assert_eq!(self_fence_budget_ms(&timing), budget);
+            let escalated = watchdog_escalate_ms(&timing) + WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS;
+            assert!(
+                escalated < budget,
+                "ping {ping_interval_ms}: {escalated} >= {budget}"
+            );
+            let frozen = WATCHDOG_SLACK_MS + WATCHDOG_POLL_MS + WATCHDOG_FENCE_MS;
+            assert!(frozen < budget, "ping {ping_interval_ms}");
+            assert!(watchdog_escalate_ms(&timing) > WATCHDOG_SLACK_MS);
+        }
+        assert_eq!(watchdog_escalate_ms(&Timing::default()), 450);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use tandem_core::group::{ResourceSpec, ServiceSpec};
 use tandem_core::{Action, NodeCore, NodeId, Plan, Reply, StateChange, Timing};
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,7 +30,7 @@ use crate::token::JoinToken;
 use crate::transport::{self, Inbound, Links, LocalIdentity, PeerAddress};
 use crate::volume_io::LeaseGate;
 use crate::volumes::{HostContext, VolumeHost};
-use crate::watchdog::{Pet, WatchdogLink};
+use crate::watchdog::{monotonic_ms, Pet, WatchdogLink};
 
 /// A proposal that is not committed within this time is answered with a refusal.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,11 +131,15 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(90);
 /// The least time between two starts of the watchdog.
 const WATCHDOG_RESTART: Duration = Duration::from_secs(5);
 
-/// What this node runs, for the watchdog: its lease, whether the agent may have resources of
-/// any group running here, and the virtual IPs of those groups.
-fn watchdog_pet(core: &NodeCore, agents: &AgentHost, now_ms: u64) -> Pet {
+/// What this node runs, for the watchdog: its lease (`at_ms` on the shared monotonic clock,
+/// read no later than `now_ms`, so the end it announces is never late), whether the agent may
+/// have resources of any group running here, and the virtual IPs and systemd units of those
+/// groups.
+fn watchdog_pet(core: &NodeCore, agents: &AgentHost, at_ms: u64, now_ms: u64) -> Pet {
     let mut pet = Pet {
+        at_ms,
         lease_ms: core.node_lease_remaining(now_ms),
+        escalate_ms: tandem_core::timing::watchdog_escalate_ms(core.timing()),
         ..Pet::default()
     };
     for (name, group) in &core.state().groups {
@@ -143,8 +148,13 @@ fn watchdog_pet(core: &NodeCore, agents: &AgentHost, now_ms: u64) -> Pet {
         }
         pet.holding = true;
         for resource in &group.spec.resources {
-            if let tandem_core::group::ResourceSpec::Ip { cidr, .. } = resource {
-                pet.addresses.push(cidr.clone());
+            match resource {
+                ResourceSpec::Ip { cidr, .. } => pet.addresses.push(cidr.clone()),
+                ResourceSpec::Service {
+                    service: ServiceSpec::Systemd { unit },
+                    ..
+                } => pet.units.push(unit.clone()),
+                _ => {}
             }
         }
     }
@@ -432,8 +442,8 @@ impl Daemon {
 
     /// Tells the watchdog what this node holds; restarts it (at most every few seconds) if it
     /// is gone, so a frozen loop is always fenced.
-    fn pet_watchdog(&mut self, now_ms: u64) {
-        let pet = watchdog_pet(&self.core, &self.agents, now_ms);
+    fn pet_watchdog(&mut self, at_ms: u64, now_ms: u64) {
+        let pet = watchdog_pet(&self.core, &self.agents, at_ms, now_ms);
         if let Some(watchdog) = self.watchdog.as_mut() {
             match watchdog.pet(&pet) {
                 Ok(()) => return,
@@ -479,9 +489,10 @@ impl Daemon {
 
     fn on_tick(&mut self) {
         self.core.tick(self.now());
+        let at_ms = monotonic_ms();
         let now_ms = self.now();
         self.lease.publish(self.core.node_lease_remaining(now_ms));
-        self.pet_watchdog(now_ms);
+        self.pet_watchdog(at_ms, now_ms);
         if now_ms.saturating_sub(self.agents_at) >= AGENT_ROUND_MS {
             self.agents_at = now_ms;
             let changes = self.agents.round(&self.core, now_ms);

@@ -2,7 +2,7 @@
 
 use rand::Rng;
 use tandem_core::timing::{
-    WATCHDOG_POLL_MS, WATCHDOG_RESTART_MS, WATCHDOG_SILENT_MIN_MS,
+    watchdog_escalate_ms, WATCHDOG_POLL_MS, WATCHDOG_RESTART_MS, WATCHDOG_SILENT_MIN_MS,
     WATCHDOG_SILENT_WITHOUT_LEASE_MS, WATCHDOG_SLACK_MS,
 };
 use tandem_core::NodeId;
@@ -11,6 +11,7 @@ use super::{ActiveFault, Phase, World};
 use crate::checkers::Violation;
 use crate::events::Event;
 use crate::faults::{self, Fault, View};
+use crate::machine::Machine;
 use crate::trace::TraceEvent;
 
 impl World {
@@ -132,8 +133,10 @@ impl World {
         if !self.options.watchdog || !machine.running() {
             return;
         }
-        // What the agent runs here (the pets' `holding`): the resources it started.
-        if machine.fakes.managed_groups().is_empty() {
+        // What the agent may run here (the pets' `holding`, a start in flight included), or
+        // the resources it started.
+        let holding = agent_holds(machine);
+        if !holding && machine.fakes.managed_groups().is_empty() {
             return;
         }
         let silent_from = self.now + WATCHDOG_SILENT_MIN_MS;
@@ -151,20 +154,64 @@ impl World {
         }
     }
 
-    /// The watchdog's deadline passed: a process still frozen is killed (its services and
-    /// virtual IPs go with it) and restarted, as systemd would, a second later.
+    /// Escalation (issue #5): the watchdog fences a process that still holds resources
+    /// `watchdog_escalate_ms` (450 ms by default) after the end of the lease it announced,
+    /// frozen or not (a stop that failed or hangs). Armed for every new lease end the process
+    /// reports; the check comes one poll of the watchdog later, and does nothing if the lease
+    /// was renewed since.
+    pub(super) fn arm_escalation(&mut self, node: NodeId, lease_until: u64) {
+        let Some(machine) = self.machines.get(&node) else {
+            return;
+        };
+        if !self.options.watchdog || !machine.running() || !self.has_groups() {
+            return;
+        }
+        let event = Event::Watchdog {
+            node,
+            incarnation: machine.incarnation,
+        };
+        let escalate_ms = watchdog_escalate_ms(&self.scenario.timing);
+        let at = (lease_until + escalate_ms + WATCHDOG_POLL_MS).max(self.now);
+        self.queue.push(at, event);
+    }
+
+    /// The watchdog looks (`Watch::verdict`): a process still frozen past the deadline armed at
+    /// the freeze, or one whose agent still holds resources past the escalation deadline, is
+    /// killed (its services and virtual IPs go with it) and restarted, as systemd would, a
+    /// second later.
     pub(super) fn on_watchdog(&mut self, node: NodeId, incarnation: u32) -> Result<(), Violation> {
-        let frozen = self.machines.get(&node).is_some_and(|machine| {
-            machine.running()
-                && machine.incarnation == incarnation
-                && machine.paused_until > self.now
-        });
-        if !frozen {
+        let now = self.now;
+        let Some(machine) = self.machines.get(&node) else {
+            return Ok(());
+        };
+        if !machine.running() || machine.incarnation != incarnation {
             return Ok(());
         }
-        self.stop(node, "killed by its watchdog: frozen past its lease", false)?;
+        // What the last pet said: the agent may still run something of a group.
+        let holding = agent_holds(machine);
+        // A freeze's event is armed for its deadline (never earlier than the lease's end plus
+        // the slack) while it runs something; an escalation's may find the process frozen
+        // too, but for a lease renewed since.
+        let lease_until = machine.lease_until;
+        let runs_something = holding || !machine.fakes.managed_groups().is_empty();
+        let frozen = machine.paused_until > now
+            && runs_something
+            && (lease_until == 0 || now >= lease_until + WATCHDOG_SLACK_MS + WATCHDOG_POLL_MS);
+        let escalate = holding
+            && lease_until > 0
+            && now >= lease_until + watchdog_escalate_ms(&self.scenario.timing) + WATCHDOG_POLL_MS;
+        if escalate {
+            self.group_stats.watchdog_escalations += 1;
+            let why = "killed by its watchdog: still holding resources past its lease";
+            self.stop(node, why, false)?;
+        } else if frozen {
+            self.group_stats.watchdog_frozen += 1;
+            self.stop(node, "killed by its watchdog: frozen past its lease", false)?;
+        } else {
+            return Ok(());
+        }
         self.queue
-            .push(self.now + WATCHDOG_RESTART_MS, Event::Restart { node });
+            .push(now + WATCHDOG_RESTART_MS, Event::Restart { node });
         Ok(())
     }
 
@@ -221,5 +268,18 @@ impl World {
         }
         self.queue.push(self.now + 20, Event::Probe);
         Ok(())
+    }
+}
+
+/// What the process's last pet said: its agent may run something of a group (as the daemon's
+/// `watchdog_pet` computes it).
+fn agent_holds(machine: &Machine) -> bool {
+    match (&machine.core, &machine.host) {
+        (Some(core), Some(host)) => core
+            .state()
+            .groups
+            .keys()
+            .any(|name| host.agent.is_active(name)),
+        _ => false,
     }
 }

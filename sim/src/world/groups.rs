@@ -76,6 +76,11 @@ pub struct GroupStats {
     pub hand_copies_left: u64,
     /// From the heal until every group ran where placed.
     pub settle_ms: u64,
+    /// Processes the watchdog killed because they were frozen past their lease.
+    pub watchdog_frozen: u64,
+    /// Processes the watchdog killed because they still held resources past their lease
+    /// (escalation of a stop that failed or ran long).
+    pub watchdog_escalations: u64,
 }
 
 impl World {
@@ -647,7 +652,8 @@ impl World {
         Ok(())
     }
 
-    /// Notes when `id`'s lease ends, as its process says now (after every call into it).
+    /// Notes when `id`'s lease ends, as its process says now (after every call into it), and
+    /// has the watchdog look at that end (as the real one learns it from the next pet).
     pub(super) fn note_lease(&mut self, id: NodeId) {
         let now = self.now;
         let Some(machine) = self.machines.get_mut(&id) else {
@@ -657,11 +663,16 @@ impl World {
             Some(core) => core.node_lease_remaining(machine.local(now)),
             None => 0,
         };
-        machine.lease_until = if remaining > 0 {
+        let until = if remaining > 0 {
             now + remaining
         } else {
             machine.lease_until.min(now)
         };
+        let changed = until != machine.lease_until;
+        machine.lease_until = until;
+        if changed && until > 0 {
+            self.arm_escalation(id, until);
+        }
     }
 
     /// The one-active checkers on the ground truth, now: no group on two machines, and no
