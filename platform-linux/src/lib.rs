@@ -1,5 +1,6 @@
 //! The Linux shim: real sockets, files and processes around `tandem-core`.
 pub mod agent_host;
+pub mod cache_marker;
 pub mod config;
 pub mod control;
 pub mod counter_service;

@@ -749,7 +749,9 @@ fn prepare(
         }
     }
     let keeper = BitmapKeeper::open(store, &peers, &mut primary, setup)?;
+    let cache_lost = cache_lost_here(setup, primary.epoch())?;
     let unconfirmed = match crate::repl_secondary::take_carried(&setup.carried) {
+        _ if cache_lost => vec![(0, setup.size)],
         Suspect::Everything => vec![(0, setup.size)],
         Suspect::Ranges(ranges) => ranges,
     };
@@ -761,6 +763,32 @@ fn prepare(
         resync_to_up_to_date_peers(&mut primary, &peers, marks, &setup.name, what)?;
     }
     Ok((leg, primary, keeper))
+}
+
+/// Whether this node restarted since its private leg last served as a secondary (its page
+/// cache, and the writes it held, may be gone: `cache_marker`); the marker is renewed for
+/// this boot either way, since the caller resyncs the whole leg when it was.
+fn cache_lost_here(setup: &PrimarySetup, epoch: u64) -> Result<bool, String> {
+    let MetaLocation::Sidecar(path) = &setup.meta else {
+        return Ok(false);
+    };
+    let marker = crate::cache_marker::CacheMarker::next_to(path);
+    let boot = crate::cache_marker::boot_id().map_err(|e| format!("boot id: {e}"))?;
+    let place = || marker.path().display().to_string();
+    let lost = marker
+        .lost_in(&boot)
+        .map_err(|e| format!("{}: {e}", place()))?;
+    marker
+        .record(&boot, epoch)
+        .map_err(|e| format!("{}: {e}", place()))?;
+    if let Some(served) = lost {
+        tracing::warn!(
+            "volume {}: this node restarted since its leg last served epoch {served}: what its \
+             disk cache held may be gone, so the whole leg is resynced to its UpToDate peers",
+            setup.name
+        );
+    }
+    Ok(lost.is_some())
 }
 
 /// Ranges where this leg may hold writes an UpToDate peer lacks (or lack writes it has) are

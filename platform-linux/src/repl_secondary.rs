@@ -17,6 +17,7 @@ use tandem_core::volume::LegId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Mutex};
 
+use crate::cache_marker::{self, CacheMarker};
 use crate::disk_ring::{DiskDone, DiskRing, RingStopped};
 use crate::leg::Leg;
 use crate::meta_store::{clip_ranges, MetaLocation, MetaStore};
@@ -48,10 +49,48 @@ pub fn take_carried(carried: &Carried) -> Suspect {
 struct CarryOnDrop {
     secondary: Secondary,
     carried: Carried,
+    cache: Option<CacheWatch>,
+}
+
+/// A private leg's cache marker (`cache_marker`), as this session found it.
+struct CacheWatch {
+    marker: CacheMarker,
+    boot: String,
+    /// The marker is from another boot: the cache may have been lost in this epoch.
+    lost_in: Option<u64>,
+}
+
+/// Reads (and, when it is of this boot already or missing, renews) the cache marker of a
+/// private leg before the session accepts anything; shared legs are written through and
+/// have none.
+fn watch_cache(meta: &MetaLocation, epoch: u64) -> std::io::Result<Option<CacheWatch>> {
+    let MetaLocation::Sidecar(path) = meta else {
+        return Ok(None);
+    };
+    let marker = CacheMarker::next_to(path);
+    let boot = cache_marker::boot_id()?;
+    let lost_in = marker.lost_in(&boot)?;
+    if lost_in.is_none() {
+        marker.record(&boot, epoch)?;
+    }
+    Ok(Some(CacheWatch {
+        marker,
+        boot,
+        lost_in,
+    }))
 }
 
 impl Drop for CarryOnDrop {
     fn drop(&mut self) {
+        if let Some(cache) = self.cache.as_ref().filter(|c| c.lost_in.is_some()) {
+            if self.secondary.report_heard() {
+                // A primary heard that the cache may be lost: the marker may start anew.
+                let epoch = self.secondary.epoch();
+                if let Err(error) = cache.marker.record(&cache.boot, epoch) {
+                    tracing::warn!("{}: {error}", cache.marker.path().display());
+                }
+            }
+        }
         let unconfirmed = self.secondary.unconfirmed();
         if let Ok(mut carried) = self.carried.lock() {
             // A union: with a dual array, sessions on two legs of one volume may both end
@@ -90,6 +129,15 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
         Ok(store) => store,
         Err(error) => return tracing::error!("replication from {} refused: {error}", spec.peer),
     };
+    let cache = match watch_cache(&spec.meta, *spec.epoch.borrow()) {
+        Ok(cache) => cache,
+        Err(error) => {
+            return tracing::error!(
+                "replication from {} refused: cache marker: {error}",
+                spec.peer
+            )
+        }
+    };
     let suspect = suspect_ranges(&store, spec.size).union(take_carried(&spec.carried));
     let leg = match crate::leg::open_leg(&spec.meta, &spec.leg_path, spec.size) {
         Ok(leg) => Arc::new(leg),
@@ -115,9 +163,20 @@ pub async fn run(spec: SessionSpec, stream: Box<dyn ByteStream>) {
     let secondary = Secondary::new(spec.ident, spec.leg, spec.size, *epoch.borrow());
     // Dropped before the ring (declared after it), so the carry is written before the leg
     // lock is released to the next session or primary.
+    let mut secondary = secondary.with_suspect(suspect);
+    if let Some(epoch) = cache.as_ref().and_then(|c| c.lost_in) {
+        tracing::warn!(
+            "volume {}: this node restarted since leg {} last served epoch {epoch}: its disk \
+             cache may have been lost, a later primary resyncs the whole leg",
+            spec.ident.volume,
+            spec.leg
+        );
+        secondary = secondary.with_cache_lost_in(epoch);
+    }
     let mut session = CarryOnDrop {
-        secondary: secondary.with_suspect(suspect),
+        secondary,
         carried: spec.carried.clone(),
+        cache,
     };
     let secondary = &mut session.secondary;
     let (reader, mut writer) = tokio::io::split(stream);

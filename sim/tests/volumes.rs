@@ -178,6 +178,20 @@ fn seeds_1143_1156_1184_a_secondarys_power_loss_is_resynced() {
     }
 }
 
+/// Seed 51780 (of a 10,000-seed soak from 50001) found the double fault the fix of 1143
+/// left: the primary crashed, then a secondary lost power (its unflushed acked writes gone,
+/// and the record of them died with the primary), then the third leg took over and kept the
+/// power-lost leg UpToDate; acknowledged writes were gone when it was promoted later. Fixed:
+/// a leg whose node restarted since it served epoch E as a secondary tells a primary of a
+/// later epoch its whole leg is suspect (`Secondary::with_cache_lost_in`; the daemon's boot-id
+/// marker, `cache_marker.rs`), and resyncs its whole leg to its peers if promoted itself.
+#[test]
+fn seed_51780_a_secondarys_power_loss_after_its_primary_died_is_resynced() {
+    if let Err(failure) = run_volume_seed(51780, &VolumeOptions::default()) {
+        panic!("{failure}");
+    }
+}
+
 /// Seed 1254 found, in an earlier revision of the fault mix, that with three legs writes the
 /// lost primary sent to one surviving secondary but not to the other (never acknowledged)
 /// left the two surviving UpToDate legs different after the takeover, for good. Fixed in the

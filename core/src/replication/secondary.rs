@@ -127,6 +127,9 @@ pub struct Secondary {
     unconfirmed_overflow: bool,
     /// A primary confirmed something, so it had our `HelloAck` and its suspect ranges.
     confirmed: bool,
+    /// The epoch this leg served when its node may have lost its disk cache (a power loss):
+    /// a primary of a later epoch cannot know what was lost, so it hears "everything".
+    cache_lost_in: Option<u64>,
     actions: Vec<SecondaryAction>,
 }
 
@@ -153,6 +156,7 @@ impl Secondary {
             unconfirmed: BTreeMap::new(),
             unconfirmed_overflow: false,
             confirmed: false,
+            cache_lost_in: None,
             actions: Vec::new(),
         }
     }
@@ -206,6 +210,21 @@ impl Secondary {
             return Suspect::Everything;
         }
         Suspect::Ranges(merged)
+    }
+
+    /// This leg's node may have lost its disk cache (it lost power) while the leg served
+    /// `epoch`. The primary of that epoch tracks what this leg acked unflushed, but it may be
+    /// gone: a primary of a later epoch is told the whole leg is suspect (simulator seed
+    /// 51780: the primary crashed, this secondary lost power, and a takeover by the third leg
+    /// kept this one UpToDate without the writes its cache lost).
+    pub fn with_cache_lost_in(mut self, epoch: u64) -> Secondary {
+        self.cache_lost_in = Some(epoch);
+        self
+    }
+
+    /// Whether a primary confirmed anything on this session, i.e. heard its `HelloAck`.
+    pub fn report_heard(&self) -> bool {
+        self.confirmed
     }
 
     /// What this leg reports as crash-suspect in its `HelloAck`.
@@ -397,6 +416,14 @@ impl Secondary {
             self.unconfirmed.clear();
             self.unconfirmed_overflow = false;
             self.confirmed = false;
+        }
+        if let Some(lost) = self.cache_lost_in.filter(|&lost| hello.epoch > lost) {
+            self.note(format!(
+                "this leg's cache may have been lost in epoch {lost} (power loss); the \
+                 primary of epoch {} cannot know what: the whole leg is reported suspect",
+                hello.epoch
+            ));
+            self.suspect = Suspect::Everything;
         }
         self.sessions += 1;
         let replaced = self.attached.replace(Attachment {

@@ -325,6 +325,7 @@ impl World {
             return;
         }
         let me = self.nodes[node].id();
+        let served = self.nodes[node].known.as_ref().map_or(0, |k| k.epoch);
         self.drop_primary(node);
         self.end_session(node, "the node died");
         let in_flight = self.nodes[node].stop();
@@ -339,6 +340,9 @@ impl World {
                 self.history.power_loss();
             } else {
                 self.lost_power[node] = true;
+                // The daemon's marker (boot id and served epoch) tells the restarted node.
+                let meta = &mut self.nodes[node].meta;
+                meta.cache_lost_in = Some(meta.cache_lost_in.map_or(served, |e| e.min(served)));
             }
         } else {
             self.report.crashes += 1;

@@ -38,6 +38,9 @@ pub struct Meta {
     pub primary_open: bool,
     /// The last epoch it ran as primary in.
     pub last_primary_epoch: u64,
+    /// It lost power while its leg served this epoch as a secondary, and no primary has
+    /// heard its report since (`Secondary::with_cache_lost_in`; the daemon's cache marker).
+    pub cache_lost_in: Option<u64>,
 }
 
 /// Injected disk behaviour.
@@ -276,13 +279,15 @@ impl World {
             Suspect::Everything => vec![(0, self.size)],
             Suspect::Ranges(ranges) => ranges,
         };
-        // After a crash here as primary the whole leg (the daemon: its hot extents); after
-        // serving as a secondary, what the old primary never confirmed.
-        let repair = if meta.primary_open {
+        // After a crash here as primary the whole leg (the daemon: its hot extents); after a
+        // power loss as a secondary the whole leg too (what its cache lost, its peers have);
+        // after serving as a secondary, what the old primary never confirmed.
+        let repair = if meta.primary_open || meta.cache_lost_in.is_some() {
             vec![(0, self.size)]
         } else {
             carried
         };
+        self.nodes[node].meta.cache_lost_in = None;
         if !repair.is_empty() {
             for peer in peers.iter().filter(|p| p.state == LegState::UpToDate) {
                 if let Err(error) = core.mark_out_of_sync(peer.leg, &repair) {
@@ -341,6 +346,9 @@ impl World {
     /// A secondary session ends: what it applied unconfirmed is carried to the next one.
     fn retire_session(&mut self, node: usize, mut session: Session) {
         self.nodes[node].carried = session.core.unconfirmed();
+        if session.core.report_heard() {
+            self.nodes[node].meta.cache_lost_in = None;
+        }
     }
 
     /// Closes a connection; each end that is still attached learns it after a moment.
@@ -463,7 +471,10 @@ impl World {
         } else {
             Suspect::none()
         };
-        let core = core.with_suspect(own.union(t.carried.clone()));
+        let mut core = core.with_suspect(own.union(t.carried.clone()));
+        if let Some(epoch) = t.meta.cache_lost_in {
+            core = core.with_cache_lost_in(epoch);
+        }
         let id = self.next_role;
         self.next_role += 1;
         self.nodes[target].session = Some(Session { core, id, conn });

@@ -638,3 +638,25 @@ fn a_new_primary_on_the_same_session_hears_what_the_old_one_left_unconfirmed() {
     });
     assert_eq!(reported, Some(Suspect::Ranges(vec![(0, 4096)])));
 }
+
+#[test]
+fn a_leg_that_lost_its_cache_is_whole_suspect_to_a_primary_of_a_later_epoch_only() {
+    let hello_ack = |s: &mut Secondary| {
+        let (sent, _, _) = split(s.take_actions());
+        sent.iter().find_map(|m| match m {
+            Message::HelloAck { suspect, .. } => Some(suspect.clone()),
+            _ => None,
+        })
+    };
+    // The primary of the epoch it served tracks what it acked unflushed: nothing to add.
+    let mut same = secondary(4).with_cache_lost_in(4);
+    same.on_message(0, &encode(&hello(4))).expect("hello");
+    assert_eq!(hello_ack(&mut same), Some(Suspect::none()));
+    // A later primary cannot know what the cache lost.
+    let mut later = secondary(5).with_cache_lost_in(4);
+    later.on_message(0, &encode(&hello(5))).expect("hello");
+    assert_eq!(hello_ack(&mut later), Some(Suspect::Everything));
+    assert!(!later.report_heard());
+    later.on_message(1, &confirm(5, 1)).expect("confirm");
+    assert!(later.report_heard());
+}
