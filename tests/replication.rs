@@ -59,9 +59,12 @@ fn wait_leg_state(cluster: &TestCluster, via: &str, leg: usize, state: &str) {
     );
 }
 
+/// Copies with nbdcopy, flushing the destination at the end (`--flush`): what a test wrote
+/// is then durable on every leg. Unflushed writes a secondary acked are resynced after its
+/// link drops (its cache may have been lost), which would blur what these tests count.
 fn nbdcopy(from: &str, to: &str) {
     let output = Command::new("nbdcopy")
-        .args([from, to])
+        .args(["--flush", from, to])
         .output()
         .expect("run nbdcopy (installed by .ci/run)");
     assert!(

@@ -515,3 +515,30 @@ pub fn describe(step: &Step) -> String {
         },
     }
 }
+
+/// The verdict of `no_lost_writes`, the same for every runner: `acked` writes, of which
+/// `lost` were not found everywhere (one line each), `in_flight` never answered and `failed`
+/// refused; `everywhere` says what a pass means for this runner.
+pub fn lost_writes_verdict(
+    acked: usize,
+    in_flight: usize,
+    failed: usize,
+    lost: &[String],
+    everywhere: &str,
+) -> (bool, String) {
+    let counts = format!(
+        "{acked} acknowledged, {in_flight} never acknowledged (in flight at a fault), \
+         {failed} not accepted"
+    );
+    if acked == 0 {
+        return (
+            false,
+            format!("nothing to judge: no write was acknowledged ({counts})"),
+        );
+    }
+    if lost.is_empty() {
+        (true, format!("{counts}; {everywhere}"))
+    } else {
+        (false, format!("LOST: {}; {counts}", lost.join("; ")))
+    }
+}

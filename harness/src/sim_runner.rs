@@ -417,23 +417,14 @@ impl Judge<'_> {
                 )
             })
             .collect();
-        let counts = format!(
-            "{} acknowledged, {in_flight} never acknowledged (in flight at a fault), {failed} not accepted",
-            acked.len()
+        let (pass, detail) = crate::scenario::lost_writes_verdict(
+            acked.len(),
+            in_flight,
+            failed,
+            &lost,
+            "every acknowledged write is on every node",
         );
-        if acked.is_empty() {
-            return row(
-                false,
-                format!("nothing to judge: no write was acknowledged ({counts})"),
-            );
-        }
-        match lost.is_empty() {
-            true => row(
-                true,
-                format!("{counts}; every acknowledged write is on every node"),
-            ),
-            false => row(false, format!("LOST: {}; {counts}", lost.join("; "))),
-        }
+        row(pass, detail)
     }
 
     fn one_writer(&self) -> Row {

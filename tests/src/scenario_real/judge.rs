@@ -134,23 +134,14 @@ impl Judge<'_> {
                 ))
             })
             .collect();
-        let counts = format!(
-            "{} acknowledged, {in_flight} never acknowledged (in flight at a fault), {failed} not accepted",
-            acked.len()
+        let (pass, detail) = tandem_harness::scenario::lost_writes_verdict(
+            acked.len(),
+            in_flight,
+            failed,
+            &lost,
+            "every acknowledged write read back from every leg",
         );
-        if acked.is_empty() {
-            return row(
-                false,
-                format!("nothing to judge: no write was acknowledged ({counts})"),
-            );
-        }
-        match lost.is_empty() {
-            true => row(
-                true,
-                format!("{counts}; every acknowledged write read back from every leg"),
-            ),
-            false => row(false, format!("LOST: {}; {counts}", lost.join("; "))),
-        }
+        row(pass, detail)
     }
 
     /// Never two nodes running a group at once (a node seen running it before and after
