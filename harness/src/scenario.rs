@@ -542,3 +542,63 @@ pub fn lost_writes_verdict(
         (false, format!("LOST: {}; {counts}", lost.join("; ")))
     }
 }
+
+/// How an operator step was answered, as every runner records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer<'a> {
+    Done(&'a str),
+    Refused(&'a str),
+    /// Sent, never answered.
+    Pending,
+}
+
+/// The verdict of `accepted` (`refused: None`) or `refused` (`Some(contains)`: the refusal
+/// must contain that text, if given) for a step answered `answer` (`None`: it never ran).
+pub fn command_verdict(
+    answer: Option<Answer<'_>>,
+    refused: Option<Option<&str>>,
+) -> (bool, String) {
+    match (answer, refused) {
+        (Some(Answer::Refused(why)), Some(Some(text))) if !why.contains(text) => (
+            false,
+            format!("refused, but the message lacks {text:?}: {why}"),
+        ),
+        (Some(Answer::Refused(why)), Some(_)) => (true, format!("refused: {why}")),
+        (Some(Answer::Done(text)), None) => (true, format!("done: {text}")),
+        (Some(Answer::Done(text)), Some(_)) => (false, format!("NOT refused: done: {text}")),
+        (Some(Answer::Refused(why)), None) => (false, format!("refused: {why}")),
+        (Some(Answer::Pending), _) => (false, "never answered".into()),
+        (None, _) => (false, "the step never ran".into()),
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+
+    #[test]
+    fn command_verdicts_follow_what_the_step_expected() {
+        let refused = Some(Answer::Refused("node 1 is primary of volume v1"));
+        let done = Some(Answer::Done("group g1 pinned"));
+        assert!(command_verdict(refused, Some(Some("primary of volume"))).0);
+        assert!(!command_verdict(refused, Some(Some("witness"))).0);
+        assert!(command_verdict(refused, Some(None)).0);
+        assert!(!command_verdict(refused, None).0);
+        assert!(command_verdict(done, None).0);
+        assert!(!command_verdict(done, Some(None)).0);
+        assert!(!command_verdict(Some(Answer::Pending), None).0);
+        assert_eq!(command_verdict(None, None).1, "the step never ran");
+    }
+
+    #[test]
+    fn lost_writes_verdicts_need_an_acknowledged_write_and_no_loss() {
+        assert!(lost_writes_verdict(3, 1, 0, &[], "fine").0);
+        assert!(!lost_writes_verdict(0, 1, 2, &[], "fine").0);
+        let lost = ["write 7 missing on b".to_string()];
+        let (pass, detail) = lost_writes_verdict(3, 0, 0, &lost, "fine");
+        assert!(
+            !pass && detail.starts_with("LOST: write 7 missing on b"),
+            "{detail}"
+        );
+    }
+}

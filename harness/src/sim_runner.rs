@@ -19,7 +19,9 @@ use tandem_sim::faults::FaultKind;
 use tandem_sim::script::{CommandState, Sample, ScriptLog, ScriptOutcome, WriteState};
 use tandem_sim::{Options, Script, ScriptAction, ScriptStep, Violation};
 
-use crate::scenario::{fmt_ms, Check, CutKind, Effect, Expect, Layout, OperatorCommand, Scenario};
+use crate::scenario::{
+    fmt_ms, Answer, Check, CutKind, Effect, Expect, Layout, OperatorCommand, Scenario,
+};
 
 /// Why a scenario cannot run in the simulator.
 #[derive(Debug, thiserror::Error)]
@@ -585,23 +587,17 @@ impl Judge<'_> {
         else {
             return row(false, format!("no step labelled {label:?}"));
         };
-        let state = self.log.commands.get(&step.number);
-        match (state, refused) {
-            (Some(CommandState::Refused(why)), Some(contains)) => match contains {
-                Some(text) if !why.contains(text) => row(
-                    false,
-                    format!("refused, but the message lacks {text:?}: {why}"),
-                ),
-                _ => row(true, format!("refused: {why}")),
-            },
-            (Some(CommandState::Done(text)), None) => row(true, format!("done: {text}")),
-            (Some(CommandState::Done(text)), Some(_)) => {
-                row(false, format!("NOT refused: done: {text}"))
-            }
-            (Some(CommandState::Refused(why)), None) => row(false, format!("refused: {why}")),
-            (Some(CommandState::Pending), _) => row(false, "never answered".into()),
-            (None, _) => row(false, "the step never ran".into()),
-        }
+        let answer = self
+            .log
+            .commands
+            .get(&step.number)
+            .map(|state| match state {
+                CommandState::Done(text) => Answer::Done(text),
+                CommandState::Refused(why) => Answer::Refused(why),
+                CommandState::Pending => Answer::Pending,
+            });
+        let (pass, detail) = crate::scenario::command_verdict(answer, refused);
+        row(pass, detail)
     }
 
     fn legs(&self, expect: &Expect, volume: Option<&str>) -> Row {

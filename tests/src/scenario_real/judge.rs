@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use tandem_harness::scenario::{fmt_ms, Check, Expect, Scenario};
+use tandem_harness::scenario::{fmt_ms, Answer, Check, Expect, Scenario};
 use tandem_harness::sim_runner::Row;
 
 use super::observe::{GroupAt, Sample};
@@ -303,22 +303,17 @@ impl Judge<'_> {
         else {
             return row(false, format!("no step labelled {label:?}"));
         };
-        match (self.records.commands.get(&step.number), refused) {
-            (Some(CommandState::Refused(why)), Some(contains)) => match contains {
-                Some(text) if !why.contains(text) => row(
-                    false,
-                    format!("refused, but the message lacks {text:?}: {why}"),
-                ),
-                _ => row(true, format!("refused: {why}")),
-            },
-            (Some(CommandState::Done(text)), None) => row(true, format!("done: {text}")),
-            (Some(CommandState::Done(text)), Some(_)) => {
-                row(false, format!("NOT refused: done: {text}"))
-            }
-            (Some(CommandState::Refused(why)), None) => row(false, format!("refused: {why}")),
-            (Some(CommandState::Pending), _) => row(false, "never answered".into()),
-            (None, _) => row(false, "the step never ran".into()),
-        }
+        let answer = self
+            .records
+            .commands
+            .get(&step.number)
+            .map(|state| match state {
+                CommandState::Done(text) => Answer::Done(text),
+                CommandState::Refused(why) => Answer::Refused(why),
+                CommandState::Pending => Answer::Pending,
+            });
+        let (pass, detail) = tandem_harness::scenario::command_verdict(answer, refused);
+        row(pass, detail)
     }
 
     fn legs(&self, expect: &Expect, volume: Option<&str>) -> Row {
